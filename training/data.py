@@ -1,0 +1,185 @@
+"""Scan a folder-per-class image set, drop duplicates, split it, and read it back.
+
+The split manifest is the single source of truth for which picture is in which split:
+evaluation, calibration and export all reuse it, so a number is always on the same test set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+from sklearn.model_selection import train_test_split
+
+from . import constants
+
+log = logging.getLogger(__name__)
+
+
+class DatasetError(ValueError):
+    """The image folder cannot be used (empty, one class, ...)."""
+
+
+@dataclass(frozen=True)
+class Item:
+    path: str  # relative to the dataset folder
+    sha256: str
+    label: str
+    split: str = ""
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """Decode as the server does for camera frames: EXIF orientation applied, RGB."""
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        return image.convert("RGB")
+
+
+def dhash(image: Image.Image, size: int = 16) -> np.ndarray:
+    """256-bit difference hash: robust to re-encoding and small crops, cheap to compare."""
+    gray = np.asarray(image.convert("L").resize((size + 1, size), Image.Resampling.BILINEAR), np.int16)
+    return (gray[:, 1:] > gray[:, :-1]).ravel()
+
+
+def scan(root: Path) -> tuple[list[str], list[Item], list[np.ndarray]]:
+    """List class folders and readable images; unreadable files are reported and skipped."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder not found: {root}")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    items, hashes = [], []
+    for label in classes:
+        for path in sorted((root / label).iterdir()):
+            if path.suffix.lower() not in constants.IMAGE_EXTENSIONS:
+                continue
+            try:
+                data = path.read_bytes()
+                image = open_rgb(path)
+            except Exception as exc:  # noqa: BLE001 - any decoder failure means "skip this file"
+                log.warning("skipping unreadable image %s: %s", path.relative_to(root), exc)
+                continue
+            items.append(Item(str(path.relative_to(root)), hashlib.sha256(data).hexdigest(), label))
+            hashes.append(dhash(image))
+    present = sorted({it.label for it in items})
+    if len(present) < 2:
+        raise DatasetError(
+            f"need at least two classes with readable images in {root}, found {len(present)}: {present}"
+        )
+    return present, items, hashes
+
+
+def duplicate_groups(items: list[Item], hashes: list[np.ndarray], max_bits: int) -> list[int]:
+    """Union-find over byte-identical (same sha256) and near-identical (dhash) pictures."""
+    parent = list(range(len(items)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(a: int, b: int) -> None:
+        parent[find(a)] = find(b)
+
+    first_by_sha: dict[str, int] = {}
+    for i, it in enumerate(items):
+        union(i, first_by_sha.setdefault(it.sha256, i))
+    if hashes:
+        bits = np.stack(hashes).astype(np.uint8)
+        for i in range(len(bits) - 1):
+            dist = (bits[i + 1 :] != bits[i]).sum(axis=1)
+            for j in np.nonzero(dist <= max_bits)[0]:
+                union(i, i + 1 + int(j))
+    return [find(i) for i in range(len(items))]
+
+
+def dedup(items: list[Item], groups: list[int]) -> tuple[list[Item], list[int], list[dict]]:
+    """Drop cross-class duplicate groups whole (their label is unknowable); keep the rest grouped."""
+    labels_by_group: dict[int, set[str]] = {}
+    for it, g in zip(items, groups):
+        labels_by_group.setdefault(g, set()).add(it.label)
+    kept, kept_groups, dropped = [], [], []
+    for it, g in zip(items, groups):
+        if len(labels_by_group[g]) > 1:
+            dropped.append({"path": it.path, "reason": "duplicate across classes"})
+        else:
+            kept.append(it)
+            kept_groups.append(g)
+    return kept, kept_groups, dropped
+
+
+def split_items(
+    items: list[Item], groups: list[int], fractions=constants.DEFAULT_FRACTIONS, seed=constants.DEFAULT_SEED
+) -> list[Item]:
+    """Stratified split over duplicate groups, so one picture never lands in two splits."""
+    reps = sorted({g: it.label for it, g in zip(items, groups)}.items())
+    keys = [g for g, _ in reps]
+    labels = [lab for _, lab in reps]
+    train_f, val_f, test_f = fractions
+    rest_keys, test_keys, rest_labels, _ = train_test_split(
+        keys, labels, test_size=test_f, stratify=labels, random_state=seed
+    )
+    train_keys, val_keys = train_test_split(
+        rest_keys, test_size=val_f / (train_f + val_f), stratify=rest_labels, random_state=seed
+    )
+    where = {g: "train" for g in train_keys} | {g: "val" for g in val_keys} | {g: "test" for g in test_keys}
+    return [Item(it.path, it.sha256, it.label, where[g]) for it, g in zip(items, groups)]
+
+
+def make_manifest(root: Path, fractions=constants.DEFAULT_FRACTIONS, seed=constants.DEFAULT_SEED,
+                  near_dup_bits: int = constants.NEAR_DUP_BITS) -> dict:
+    classes, items, hashes = scan(root)
+    groups = duplicate_groups(items, hashes, near_dup_bits)
+    kept, kept_groups, dropped = dedup(items, groups)
+    split = split_items(kept, kept_groups, fractions, seed)
+    counts = Counter((it.split, it.label) for it in split)
+    log.info("%d images, %d dropped as cross-class duplicates, %d near/exact duplicate groups",
+             len(items), len(dropped), len(items) - len(set(groups)))
+    return {
+        "classes": classes,
+        "seed": seed,
+        "fractions": list(fractions),
+        "near_dup_bits": near_dup_bits,
+        "counts": {s: {c: counts[(s, c)] for c in classes} for s in constants.SPLITS},
+        "dropped": dropped,
+        "items": [it.__dict__ for it in split],
+    }
+
+
+def write_manifest(manifest: dict, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def read_manifest(path: Path) -> dict:
+    manifest = json.loads(Path(path).read_text())
+    if "items" not in manifest or "classes" not in manifest:
+        raise DatasetError(f"{path} is not a split manifest (needs 'classes' and 'items')")
+    return manifest
+
+
+def split_of(manifest: dict, split: str) -> list[tuple[str, int]]:
+    index = {c: i for i, c in enumerate(manifest["classes"])}
+    return [(it["path"], index[it["label"]]) for it in manifest["items"] if it["split"] == split]
+
+
+class ImageList:
+    """torch-style dataset over (relative path, class index) pairs; decodes lazily."""
+
+    def __init__(self, root: Path, samples: list[tuple[str, int]], transform=None):
+        self.root, self.samples, self.transform = Path(root), samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        rel, target = self.samples[i]
+        image = open_rgb(self.root / rel)
+        return (self.transform(image) if self.transform else image), target

