@@ -1,0 +1,164 @@
+"""The model bundle: `NAME.onnx` beside `NAME.json`, the one contract between the stages.
+
+Written by `export/`, read by the server and the benchmark. Everything downstream takes
+class names, input shape and preprocessing numbers from here, never from its own code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+
+
+class BundleError(ValueError):
+    """The bundle is missing, corrupt or inconsistent; the message is one line for an operator."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """torchvision's Resize(resize) + CenterCrop(crop) + ToTensor + Normalize(mean, std)."""
+
+    resize: int
+    crop: int
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    temperature: float = 1.0
+    uncertain_below: float = 0.5
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    shape: tuple[int | None, int, int, int]  # [batch (None = dynamic), 3, height, width]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    name: str
+    onnx: str  # file name, beside the JSON
+    sha256: str
+    classes: tuple[str, ...]
+    input: InputSpec
+    preprocess: Preprocess
+    calibration: Calibration
+    output: str = "logits"
+    metrics: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+    folder: Path = field(default=Path("."), compare=False)
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.folder / self.onnx
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("folder")
+        return out
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _require(cond: bool, what: str) -> None:
+    if not cond:
+        raise BundleError(what)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _preprocess(raw: Any) -> Preprocess:
+    _require(isinstance(raw, dict), "preprocess must be an object")
+    for key in ("resize", "crop"):
+        _require(isinstance(raw.get(key), int) and raw[key] > 0, f"preprocess.{key} must be a positive integer")
+    _require(raw.get("interpolation") in INTERPOLATIONS, f"preprocess.interpolation must be one of {INTERPOLATIONS}")
+    for key in ("mean", "std"):
+        value = raw.get(key)
+        _require(isinstance(value, list) and len(value) == 3 and all(map(_number, value)),
+                 f"preprocess.{key} must be three numbers")
+    _require(all(s > 0 for s in raw["std"]), "preprocess.std must be positive")
+    return Preprocess(raw["resize"], raw["crop"], raw["interpolation"], tuple(raw["mean"]), tuple(raw["std"]))
+
+
+def _input(raw: Any, crop: int) -> InputSpec:
+    _require(isinstance(raw, dict) and isinstance(raw.get("name"), str) and raw["name"], "input.name must be a string")
+    shape = raw.get("shape")
+    _require(isinstance(shape, list) and len(shape) == 4, "input.shape must be [batch, 3, height, width]")
+    _require(shape[0] is None or (isinstance(shape[0], int) and shape[0] > 0), "input.shape[0] must be null or > 0")
+    _require(shape[1] == 3, "input.shape[1] must be 3 (RGB)")
+    _require(shape[2] == crop and shape[3] == crop, f"input.shape {shape} does not match preprocess.crop {crop}")
+    return InputSpec(raw["name"], tuple(shape))
+
+
+def parse_bundle(raw: Any, folder: Path) -> Bundle:
+    """Validate a bundle dict; raise BundleError naming the first thing wrong."""
+    _require(isinstance(raw, dict), "bundle JSON must be an object")
+    for key in ("name", "onnx", "sha256"):
+        _require(isinstance(raw.get(key), str) and raw[key], f"{key} must be a non-empty string")
+    _require(Path(raw["onnx"]).name == raw["onnx"], "onnx must be a file name beside the JSON")
+    classes = raw.get("classes")
+    _require(isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) and c for c in classes),
+             "classes must list at least two names")
+    _require(len(set(classes)) == len(classes), "classes must be unique")
+    preprocess = _preprocess(raw.get("preprocess"))
+    cal = raw.get("calibration", {})
+    _require(isinstance(cal, dict), "calibration must be an object")
+    calibration = Calibration(cal.get("temperature", 1.0), cal.get("uncertain_below", 0.5))
+    _require(_number(calibration.temperature) and calibration.temperature > 0, "calibration.temperature must be > 0")
+    _require(_number(calibration.uncertain_below) and 0 <= calibration.uncertain_below <= 1,
+             "calibration.uncertain_below must be within [0, 1]")
+    for key in ("metrics", "provenance"):
+        _require(isinstance(raw.get(key, {}), dict), f"{key} must be an object")
+    return Bundle(
+        name=raw["name"], onnx=raw["onnx"], sha256=raw["sha256"].lower(), classes=tuple(classes),
+        input=_input(raw.get("input"), preprocess.crop), preprocess=preprocess, calibration=calibration,
+        output=raw.get("output", "logits"), metrics=raw.get("metrics", {}), provenance=raw.get("provenance", {}),
+        schema_version=raw.get("schema_version", SCHEMA_VERSION), folder=folder,
+    )
+
+
+def load_bundle(path: str | Path, verify_sha256: bool = True) -> Bundle:
+    """Read and validate `NAME.json`; with verify_sha256, also hash the ONNX file beside it."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BundleError(f"model bundle not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"model bundle {path} is not readable JSON: {exc}") from None
+    try:
+        bundle = parse_bundle(raw, path.parent)
+    except BundleError as exc:
+        raise BundleError(f"model bundle {path}: {exc}") from None
+    if verify_sha256:
+        if not bundle.onnx_path.is_file():
+            raise BundleError(f"model file missing: {bundle.onnx_path}")
+        actual = sha256_file(bundle.onnx_path)
+        if actual != bundle.sha256:
+            raise BundleError(f"model file {bundle.onnx_path} has sha256 {actual[:12]}..., "
+                              f"bundle says {bundle.sha256[:12]}...: refusing a model that is not the one shipped")
+    return bundle
+
+
+def write_bundle(bundle: Bundle, json_path: Path) -> None:
+    json_path = Path(json_path)
+    json_path.write_text(json.dumps(bundle.to_json(), indent=1) + "\n")

@@ -1,0 +1,70 @@
+"""Server settings, read once from the environment into a frozen dataclass."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = ROOT / "models" / "ecosort.json"
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    return max(1, min(2, cores()))
+
+
+@dataclass(frozen=True)
+class Config:
+    model: Path = DEFAULT_MODEL  # bundle JSON
+    max_upload_mb: float = 10.0
+    max_pixels: int = 40_000_000
+    min_side: int = 16
+    max_batch: int = 16
+    ort_threads: int = 0  # 0: cores // workers
+    ort_spinning: bool = False
+    ort_arena: bool = True
+    fast_decode: bool = True  # JPEG DCT-domain downscale for large frames (see README)
+    max_inflight: int = 8  # per worker; more waiting requests are shed with 503
+    queue_timeout_s: float = 5.0
+    api_token: str = ""
+    feedback_dir: str = ""
+    feedback_max_mb: float = 500.0
+    workers: int = 0  # 0: default_workers(); used to size ort_threads
+
+    @property
+    def threads(self) -> int:
+        """onnxruntime intra-op threads: the worker's share of the cores, unless set."""
+        if self.ort_threads > 0:
+            return self.ort_threads
+        return max(1, cores() // (self.workers or default_workers()))
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Config:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        names = {f.name: f for f in fields(cls)}
+        for name, f in names.items():
+            key = "WEB_CONCURRENCY" if name == "workers" else name.upper()
+            if key in env and env[key] != "":
+                values[name] = _parse(env[key], type(f.default), key)
+        return replace(cls(**values), **overrides)
+
+
+def _parse(text: str, kind: type, key: str) -> Any:
+    try:
+        if kind is bool:
+            if text.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(text)
+            return text.lower() in ("1", "true", "yes", "on")
+        return Path(text) if issubclass(kind, Path) else kind(text)
+    except ValueError:
+        raise ValueError(f"environment variable {key}={text!r} is not a valid {kind.__name__}") from None

@@ -1,0 +1,93 @@
+"""`POST /v1/feedback`: operators file a photo under its true label, in the training layout.
+
+FOLDER/LABEL/SHA256.jpg, so `python -m training fit --data FOLDER` trains on it as it is.
+Writes are atomic (temp file, fsync, rename, fsync of the folder) and serialised across
+gunicorn workers by an flock, so concurrent writers and a crash mid-write lose nothing
+and leave no half-written JPEG where training would read it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from flask import Blueprint, Flask, current_app, g, jsonify, request
+
+from .api import classifier, single_upload
+from .errors import ApiError
+from .preprocess import ImageError, decode
+
+bp = Blueprint("feedback", __name__)
+
+
+def folder_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.glob("*/*.jpg"))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def store(root: Path, label: str, jpeg: bytes, cap_bytes: int) -> tuple[Path, bool]:
+    """Write once under an exclusive lock; returns (path, created)."""
+    digest = hashlib.sha256(jpeg).hexdigest()
+    target = root / label / f"{digest}.jpg"
+    with open(root / ".lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for existing in root.glob(f"*/{digest}.jpg"):
+            if existing.parent.name != label:
+                raise ApiError(409, "conflicting_label", f"this image is already filed as {existing.parent.name!r}")
+            return existing, False
+        if folder_bytes(root) + len(jpeg) > cap_bytes:
+            raise ApiError(507, "feedback_full", "the feedback folder is at its size cap")
+        target.parent.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{digest}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(jpeg)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(target.parent)
+        return target, True
+
+
+@bp.post("/v1/feedback")
+def feedback():
+    clf = classifier()
+    label = request.form.get("label", "") if request.mimetype == "multipart/form-data" else request.args.get("label", "")
+    if label not in clf.bundle.classes:
+        raise ApiError(400, "bad_label", f"label must be one of {', '.join(clf.bundle.classes)}")
+    _, data = single_upload()
+    try:
+        image = decode(data, clf.config.max_pixels, clf.config.min_side)  # exact decode: this is training data
+    except ImageError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=95)
+    root: Path = current_app.extensions["ecosort.feedback"]
+    path, created = store(root, label, buffer.getvalue(), current_app.extensions["ecosort.feedback_cap"])
+    return jsonify({"stored": created, "label": label, "sha256": path.stem, "request_id": g.request_id}), \
+        201 if created else 200
+
+
+def register_feedback(app: Flask, root: Path, cap_mb: float) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob("*/.*.tmp"):  # left by a crash mid-write: never renamed, never read
+        if time.time() - stale.stat().st_mtime > 300:  # younger ones may be another worker's write
+            stale.unlink(missing_ok=True)
+    app.extensions["ecosort.feedback"] = root
+    app.extensions["ecosort.feedback_cap"] = int(cap_mb * 1024 * 1024)
+    app.register_blueprint(bp)

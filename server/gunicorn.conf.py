@@ -1,0 +1,71 @@
+"""gunicorn settings for the kiosk: `gunicorn -c server/gunicorn.conf.py 'server:create_app()'`.
+
+Defaults measured on the 2-core kiosk box (README, "Serving defaults"). No preload_app:
+each worker builds its onnxruntime session after the fork, so no thread pool is shared.
+"""
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Prometheus multiprocess mode: workers write samples here, /metrics merges them. Set
+# before anything imports prometheus_client (importing `server` below does).
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ecosort-metrics-")
+
+from server.config import Config, default_workers  # noqa: E402
+
+bind = os.environ.get("BIND", "0.0.0.0:8000")
+workers = int(os.environ.get("WEB_CONCURRENCY") or default_workers())
+worker_class = "gthread"
+# Threads overlap one request's decode (Pillow drops the GIL) with another's inference.
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# A stalled client cannot hold a worker thread for long: gthread reads requests in its
+# event loop, and a request that is being read is dropped after keepalive/timeout.
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
+keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
+limit_request_line = 4094
+limit_request_fields = 50
+limit_request_field_size = 8190
+backlog = 256
+accesslog = os.environ.get("ACCESS_LOG") or None
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info")
+proc_name = "ecosort"
+
+# Each worker's onnxruntime session takes its share of the cores.
+os.environ.setdefault("WEB_CONCURRENCY", str(workers))
+
+
+def on_starting(server):
+    """Check the bundle once in the master; a bad one stops the start with one clear line."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from server.bundle import BundleError, load_bundle
+
+    try:
+        config = Config.from_env()
+        load_bundle(config.model)
+    except (BundleError, ValueError) as exc:
+        print(f"ecosort: cannot start: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def post_worker_init(worker):
+    logging.getLogger("server").setLevel(logging.INFO)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if path.startswith(tempfile.gettempdir()) and "ecosort-metrics-" in path:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,128 @@
+"""Bytes to model input: Pillow decodes and resizes, numpy does the rest.
+
+`preprocess` equals torchvision's Resize + CenterCrop + ToTensor + Normalize on the same
+RGB PIL image to within 1e-5 (tests/test_parity.py). `decode` is where untrusted bytes
+meet the code, so every way it can fail maps to one ImageError with an HTTP status.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .bundle import Preprocess
+
+# Only these parsers ever see an upload: no EPS (Ghostscript), no exotic decoders.
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP")  # JPEG covers MPO (phone multi-picture)
+RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC, "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING, "lanczos": Image.Resampling.LANCZOS,
+}
+# We enforce our own pixel limit before decoding; Pillow's global one would warn or raise
+# with a different message, so it is switched off for this process.
+Image.MAX_IMAGE_PIXELS = None
+Image.init()  # register every plugin now: Image.open(formats=...) looks them up by name
+
+
+class ImageError(ValueError):
+    """An upload that cannot be classified; `status` and `code` go into the JSON error."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _open(data: bytes, max_pixels: int, min_side: int) -> Image.Image:
+    if not data:
+        raise ImageError(400, "empty_image", "the image is empty")
+    try:
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except UnidentifiedImageError:
+        raise ImageError(415, "unsupported_image", f"not an image, or not one of {', '.join(FORMATS)}") from None
+    except Exception:  # noqa: BLE001 - a header parser choking on crafted bytes is still bad input
+        raise ImageError(415, "unsupported_image", "the image header cannot be read") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(422, "too_many_pixels", f"{width}x{height} is over the limit of {max_pixels} pixels")
+    if min(width, height) < min_side:
+        raise ImageError(422, "image_too_small", f"{width}x{height} is under the minimum side of {min_side} px")
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any mode a camera or a person may send, as RGB; transparency goes on white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16/32-bit grey: Pillow's convert clips at 255; scale the real range down instead.
+        array = np.asarray(image, dtype=np.uint32 if image.mode == "I" else np.uint16).astype(np.float64)
+        peak = 65535.0 if image.mode != "I" else max(float(array.max()), 1.0)
+        image = Image.fromarray(np.clip(array * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8), "L")
+    elif image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(array * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P" or image.mode == "PA":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "RGBa", "La"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def decode(data: bytes, max_pixels: int, min_side: int, draft_to: int | None = None) -> Image.Image:
+    """Bytes to an upright RGB image. `draft_to`: let libjpeg scale by 1/2, 1/4 or 1/8 while
+    decoding, keeping the shorter side >= draft_to (the fast path for camera frames)."""
+    image = _open(data, max_pixels, min_side)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # truncated-EXIF and palette warnings are not errors
+            if getattr(image, "n_frames", 1) > 1:
+                image.seek(0)  # animated GIF, multi-page TIFF: the first frame
+            if draft_to and image.format in ("JPEG", "MPO"):
+                image.draft("RGB", (draft_to, draft_to))
+            image.load()
+            try:
+                image = ImageOps.exif_transpose(image)
+            except Exception:  # noqa: BLE001 - broken EXIF: classify the pixels as stored
+                pass
+            return to_rgb(image)
+    except ImageError:
+        raise
+    except Exception:  # noqa: BLE001 - truncated or corrupt pixel data
+        raise ImageError(415, "corrupt_image", "the image data is truncated or corrupt") from None
+
+
+def resized_size(width: int, height: int, resize: int) -> tuple[int, int]:
+    """torchvision's Resize(int): shorter side to `resize`, longer side floored."""
+    if width <= height:
+        return resize, int(resize * height / width)
+    return int(resize * width / height), resize
+
+
+def center_crop(image: Image.Image, crop: int) -> np.ndarray:
+    """torchvision's CenterCrop on a PIL image (zero padding when smaller), as uint8 HWC."""
+    array = np.asarray(image)
+    height, width = array.shape[:2]
+    if crop > width or crop > height:
+        pad_w, pad_h = max(crop - width, 0), max(crop - height, 0)
+        array = np.pad(array, ((pad_h // 2, (pad_h + 1) // 2), (pad_w // 2, (pad_w + 1) // 2), (0, 0)))
+        height, width = array.shape[:2]
+    top = int(round((height - crop) / 2.0))
+    left = int(round((width - crop) / 2.0))
+    return array[top:top + crop, left:left + crop]
+
+
+def preprocess(image: Image.Image, spec: Preprocess, reducing_gap: float | None = None) -> np.ndarray:
+    """RGB PIL image to a float32 CHW array, normalised as the bundle says."""
+    size = resized_size(image.width, image.height, spec.resize)
+    if size != image.size:
+        image = image.resize(size, RESAMPLE[spec.interpolation], reducing_gap=reducing_gap)
+    array = center_crop(image, spec.crop).astype(np.float32)
+    # Same float32 operations in the same order as ToTensor (/255) and Normalize (-mean, /std).
+    array /= np.float32(255.0)
+    array -= np.asarray(spec.mean, np.float32)
+    array /= np.asarray(spec.std, np.float32)
+    return np.ascontiguousarray(array.transpose(2, 0, 1))

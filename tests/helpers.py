@@ -1,0 +1,76 @@
+"""Things tests build: a tiny ONNX model and its bundle, encoded images."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CLASSES = ["cardboard", "glass", "metal", "paper", "plastic", "trash"]
+CROP = 32
+# logits = mean normalised colour (R, G, B) @ W: a pure red frame is cardboard, green
+# glass, blue metal, white paper, black plastic, yellow trash.
+W = np.array([
+    [2, -1, -1, 1, -1, 1],
+    [-1, 2, -1, 1, -1, 1],
+    [-1, -1, 2, 1, -1, -2],
+], np.float32) * 3
+EXPECTED = {(255, 0, 0): "cardboard", (0, 255, 0): "glass", (0, 0, 255): "metal",
+            (255, 255, 255): "paper", (0, 0, 0): "plastic", (255, 255, 0): "trash"}
+
+
+def tiny_onnx(path: Path, crop: int = CROP) -> bytes:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image", "axes"], ["pooled"], keepdims=0),
+         helper.make_node("MatMul", ["pooled", "W"], ["logits"])],
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, crop, crop])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(CLASSES)])],
+        [numpy_helper.from_array(np.array([2, 3], np.int64), "axes"), numpy_helper.from_array(W, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    data = model.SerializeToString()
+    path.write_bytes(data)
+    return data
+
+
+def bundle_dict(name: str, data: bytes, crop: int = CROP) -> dict:
+    return {
+        "name": name,
+        "onnx": f"{name}.onnx",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "classes": CLASSES,
+        "input": {"name": "image", "shape": [None, 3, crop, crop]},
+        "output": "logits",
+        "preprocess": {"resize": crop + 4, "crop": crop, "interpolation": "bilinear",
+                       "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+        "calibration": {"temperature": 1.5, "uncertain_below": 0.5},
+        "metrics": {"note": "tiny test model"},
+        "provenance": {"backbone": "tiny", "data": "generated", "split_manifest": None, "commit": None},
+    }
+
+
+def make_bundle(folder: Path, name: str = "tiny") -> Path:
+    data = tiny_onnx(folder / f"{name}.onnx")
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(bundle_dict(name, data)))
+    return path
+
+
+def encode(image: Image.Image, fmt: str = "JPEG", **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def solid(rgb, size=(64, 48), fmt="PNG") -> bytes:
+    return encode(Image.new("RGB", size, rgb), fmt)
