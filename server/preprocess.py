@@ -57,12 +57,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """Any mode a camera or a person may send, as RGB; transparency goes on white."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16/32-bit grey: Pillow's convert clips at 255; scale the real range down instead.
-        array = np.asarray(image, dtype=np.uint32 if image.mode == "I" else np.uint16).astype(np.float64)
-        peak = 65535.0 if image.mode != "I" else max(float(array.max()), 1.0)
-        image = Image.fromarray(np.clip(array * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8), "L")
+        array = np.asarray(image, dtype=np.int64 if image.mode == "I" else np.uint16).astype(np.float64)
+        top = float(array.max(initial=0))
+        peak = 255.0 if image.mode == "I" and top <= 255 else 65535.0 if top <= 65535 else top
+        image = Image.fromarray(np.clip(array * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8))
     elif image.mode == "F":
         array = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.clip(array * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        image = Image.fromarray(np.clip(array * 255.0 + 0.5, 0, 255).astype(np.uint8))
     if image.mode == "P" or image.mode == "PA":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "RGBa", "La"):

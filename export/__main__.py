@@ -1,0 +1,192 @@
+"""`python -m export CHECKPOINT --out models/NAME`: checkpoint to a shipped model bundle.
+
+Writes NAME.onnx + NAME.json (the variant that is shipped) and NAME-fp32 or NAME-int8
+(the other one, for the benchmark), after proving ONNX == PyTorch on validation images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from server.bundle import Bundle, Calibration, InputSpec, Preprocess, sha256_file, write_bundle
+from server.preprocess import decode, preprocess
+from server.runtime import session_options
+from training.calibration import fit_temperature
+from training.constants import UNCERTAIN_BELOW
+from training.data import read_manifest, split_of
+from training.report import classification_metrics
+from training.train import load_checkpoint
+
+from .onnx_export import OPSET, parity, static_same_padding, to_onnx
+from .quantize import quantize_int8
+
+log = logging.getLogger("export")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", type=Path, help="best.pt written by `python -m training fit`")
+    p.add_argument("--out", type=Path, required=True, help="bundle path without suffix, e.g. models/ecosort")
+    p.add_argument("--data", type=Path, help="dataset folder (default: the one the checkpoint was trained on)")
+    p.add_argument("--manifest", type=Path, help="split manifest (default: the checkpoint's)")
+    p.add_argument("--parity-images", type=int, default=64, help="validation images for the parity check")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max |logit difference| allowed")
+    p.add_argument("--calibration-images", type=int, default=256, help="training images to calibrate int8")
+    p.add_argument("--max-int8-loss", type=float, default=0.5, help="accuracy points int8 may lose and ship")
+    p.add_argument("--no-int8", action="store_true", help="fp32 only")
+    p.add_argument("--uncertain-below", type=float, default=UNCERTAIN_BELOW)
+    p.add_argument("--limit", type=int, default=0, help="evaluate on at most N images per split (tests)")
+    return p
+
+
+def load_arrays(root: Path, samples, spec: Preprocess) -> tuple[np.ndarray, np.ndarray]:
+    """Images through the server's own exact decode + preprocessing: accuracy as served."""
+    arrays = [preprocess(decode((root / rel).read_bytes(), 10**9, 1), spec) for rel, _ in samples]
+    return np.stack(arrays), np.array([t for _, t in samples])
+
+
+def onnx_logits(session, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    return np.concatenate([session.run(None, {"image": images[i:i + batch]})[0] for i in range(0, len(images), batch)])
+
+
+def latency_ms(sessions: dict, image: np.ndarray, runs: int = 40) -> dict:
+    """Median batch-1 latency, variants interleaved, with gaps so spinning threads settle."""
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(runs):
+        for name, session in sessions.items():
+            time.sleep(0.01)
+            start = time.perf_counter()
+            session.run(None, {"image": image})
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {k: float(np.median(v[5:])) for k, v in times.items()}
+
+
+def git_commit() -> str | None:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "training", "export"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return sha.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def evaluate_variant(path: Path, val, test, classes) -> tuple[dict, ort.InferenceSession]:
+    session = ort.InferenceSession(str(path), session_options(2, False, True), providers=["CPUExecutionProvider"])
+    val_logits, test_logits = (torch.from_numpy(onnx_logits(session, x)) for x, _ in (val, test))
+    temperature = fit_temperature(val_logits, torch.from_numpy(val[1]))
+    return {
+        "temperature": temperature,
+        "val": classification_metrics(val_logits, torch.from_numpy(val[1]), classes, temperature),
+        "test": classification_metrics(test_logits, torch.from_numpy(test[1]), classes, temperature),
+    }, session
+
+
+def main(args) -> int:
+    model, ckpt = load_checkpoint(args.checkpoint)
+    classes, spec = ckpt["classes"], Preprocess(**{**ckpt["preprocess"], "mean": tuple(ckpt["preprocess"]["mean"]),
+                                                     "std": tuple(ckpt["preprocess"]["std"])})
+    data_root = args.data or Path(ckpt["data"])
+    manifest_path = args.manifest or Path(ckpt["manifest"])
+    manifest = read_manifest(manifest_path)
+    limit = args.limit or None
+    val = load_arrays(data_root, split_of(manifest, "val")[:limit], spec)
+    test = load_arrays(data_root, split_of(manifest, "test")[:limit], spec)
+
+    work = args.out.parent / f".{args.out.name}.work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    exported = copy.deepcopy(model)
+    swapped = static_same_padding(exported, spec.crop) if ckpt["backbone"] != "resnet50" else 0
+    proto = to_onnx(exported, work / "fp32.onnx", spec.crop)
+    log.info("exported %s: %d nodes (%d dynamic-pad convs made static), opset %d",
+             ckpt["backbone"], len(proto.graph.node), swapped, OPSET)
+
+    results, sessions = {}, {}
+    results["fp32"], sessions["fp32"] = evaluate_variant(work / "fp32.onnx", val, test, classes)
+    check = parity(model, sessions["fp32"], val[0][: args.parity_images])
+    log.info("parity on %d validation images: max |dlogit| %.2e, argmax equal %s",
+             check["images"], check["max_abs_logit_diff"], check["argmax_equal"])
+    if check["max_abs_logit_diff"] > args.tolerance or not check["argmax_equal"]:
+        log.error("parity FAILED: max |dlogit| %.3e exceeds %.1e by %.3e%s", check["max_abs_logit_diff"],
+                  args.tolerance, check["max_abs_logit_diff"] - args.tolerance,
+                  "" if check["argmax_equal"] else "; argmax differs")
+        return 1
+
+    quant = None
+    if not args.no_int8:
+        train = split_of(manifest, "train")
+        pick = np.random.default_rng(0).permutation(len(train))[: args.calibration_images]
+        calibration, _ = load_arrays(data_root, [train[i] for i in sorted(pick)], spec)
+        quant = quantize_int8(work / "fp32.onnx", work / "int8.onnx", calibration)
+        results["int8"], sessions["int8"] = evaluate_variant(work / "int8.onnx", val, test, classes)
+    speed = latency_ms(sessions, val[0][:1])
+    shipped, reason = choose(results, speed, args.max_int8_loss)
+    log.info("test accuracy %s; batch-1 latency %s ms; shipping %s: %s",
+             {k: round(v["test"]["accuracy"], 4) for k, v in results.items()},
+             {k: round(v, 2) for k, v in speed.items()}, shipped, reason)
+
+    summary = {k: {"test_accuracy": v["test"]["accuracy"], "latency_ms_batch1": speed[k]} for k, v in results.items()}
+    for precision in results:
+        name = args.out.name if precision == shipped else f"{args.out.name}-{precision}"
+        onnx_path = args.out.parent / f"{name}.onnx"
+        shutil.move(work / f"{precision}.onnx", onnx_path)
+        bundle = Bundle(
+            name=name, onnx=onnx_path.name, sha256=sha256_file(onnx_path), classes=tuple(classes),
+            input=InputSpec("image", (None, 3, spec.crop, spec.crop)), preprocess=spec,
+            calibration=Calibration(results[precision]["temperature"], args.uncertain_below),
+            metrics={"precision": precision, **results[precision], "parity": check, "variants": summary,
+                     "shipped": shipped, "decision": reason, "quantization": quant if precision == "int8" else None},
+            provenance=provenance(ckpt, args.checkpoint, manifest_path),
+        )
+        write_bundle(bundle, args.out.parent / f"{name}.json")
+        log.info("wrote %s", args.out.parent / f"{name}.json")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def choose(results: dict, speed: dict, max_loss_points: float) -> tuple[str, str]:
+    if "int8" not in results:
+        return "fp32", "int8 not built"
+    loss = 100 * (results["fp32"]["test"]["accuracy"] - results["int8"]["test"]["accuracy"])
+    gain = speed["fp32"] / speed["int8"]
+    if loss > max_loss_points:
+        return "fp32", f"int8 loses {loss:.2f} accuracy points (> {max_loss_points})"
+    if gain < 1.1:
+        return "fp32", f"int8 is only {gain:.2f}x as fast as fp32 at batch 1"
+    return "int8", f"int8 loses {loss:.2f} points (<= {max_loss_points}) and is {gain:.2f}x as fast"
+
+
+def provenance(ckpt: dict, checkpoint: Path, manifest: Path) -> dict:
+    try:
+        manifest_rel = str(manifest.resolve().relative_to(ROOT))
+    except ValueError:
+        manifest_rel = str(manifest)
+    return {
+        "backbone": ckpt["backbone"], "strategy": ckpt["strategy"], "epoch": ckpt["epoch"],
+        "data": Path(ckpt["data"]).name, "split_manifest": manifest_rel, "commit": git_commit(),
+        "checkpoint_sha256": sha256_file(checkpoint), "training_args": ckpt.get("args", {}),
+        "versions": {"torch": torch.__version__, "onnxruntime": ort.__version__, "opset": OPSET},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+if __name__ == "__main__":
+    # The quantiser logs every scale it adjusts on the root logger: keep that at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
+    sys.exit(main(get_args_parser().parse_args()))
