@@ -67,7 +67,8 @@ def store(root: Path, label: str, jpeg: bytes, cap_bytes: int) -> tuple[Path, bo
 @bp.post("/v1/feedback")
 def feedback():
     clf = classifier()
-    label = request.form.get("label", "") if request.mimetype == "multipart/form-data" else request.args.get("label", "")
+    form = request.form if request.mimetype == "multipart/form-data" else request.args
+    label = form.get("label", "")
     if label not in clf.bundle.classes:
         raise ApiError(400, "bad_label", f"label must be one of {', '.join(clf.bundle.classes)}")
     _, data = single_upload()

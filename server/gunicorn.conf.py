@@ -37,6 +37,8 @@ accesslog = os.environ.get("ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
 proc_name = "ecosort"
+# No control socket: nothing about a running kiosk server is changed at run time.
+control_socket_disable = True
 
 # Each worker's onnxruntime session takes its share of the cores.
 os.environ.setdefault("WEB_CONCURRENCY", str(workers))
@@ -55,7 +57,22 @@ def on_starting(server):
         sys.exit(2)
 
 
+# A client that stalls mid-request (slowloris, a kiosk losing Wi-Fi) would block a gthread
+# thread forever: gthread makes accepted sockets blocking with no timeout. Give each
+# connection a read timeout instead; the stalled connection is closed, the thread freed.
+client_timeout = float(os.environ.get("CLIENT_TIMEOUT", "10"))
+
+
 def post_worker_init(worker):
+    from gunicorn.workers import gthread
+
+    original = gthread.TConn.init
+
+    def init_with_timeout(self):
+        original(self)
+        self.sock.settimeout(client_timeout)
+
+    gthread.TConn.init = init_with_timeout
     logging.getLogger("server").setLevel(logging.INFO)
 
 

@@ -23,3 +23,26 @@ def app(tiny_bundle):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory) -> Path:
+    from tests.helpers import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("images"), per_class=10)
+
+
+def fit(dataset: Path, out: Path, *extra: str) -> dict:
+    from training.train import get_args_parser, main
+
+    args = get_args_parser().parse_args([
+        "--data", str(dataset), "--out", str(out), "--epochs", "1", "--image-size", "64",
+        "--batch-size", "8", "--workers", "0", "--no-progress", *extra])
+    return main(args)
+
+
+@pytest.fixture(scope="session")
+def fitted(dataset, tmp_path_factory):
+    """A one-epoch EfficientNet-Lite0 fit on the generated set (seconds on CPU)."""
+    out = tmp_path_factory.mktemp("run")
+    return out, fit(dataset, out)

@@ -74,3 +74,24 @@ def encode(image: Image.Image, fmt: str = "JPEG", **kwargs) -> bytes:
 
 def solid(rgb, size=(64, 48), fmt="PNG") -> bytes:
     return encode(Image.new("RGB", size, rgb), fmt)
+
+
+def make_dataset(root: Path, per_class: int = 8, classes=CLASSES[:3], seed: int = 0) -> Path:
+    """A folder-per-class set of small generated photos: a coloured blob per class on a
+    noisy background; plus one byte-identical picture filed in two classes and one
+    unreadable file, as TrashNet has."""
+    rng = np.random.default_rng(seed)
+    colours = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40), (200, 40, 200), (40, 200, 200)]
+    for c, label in enumerate(classes):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            coarse = Image.fromarray(rng.integers(60, 200, (6, 8, 3)).astype(np.uint8))
+            pixels = np.asarray(coarse.resize((80, 60), Image.Resampling.BILINEAR), np.float64)
+            pixels = pixels + rng.normal(0, 3, pixels.shape)  # photo-like: smooth, a little sensor noise
+            x, y = rng.integers(10, 50), rng.integers(10, 30)
+            pixels[y:y + 25, x:x + 25] = colours[c]
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / label / f"{label}{i}.jpg")
+    twin = (root / classes[0] / f"{classes[0]}0.jpg").read_bytes()
+    (root / classes[1] / "twin.jpg").write_bytes(twin)
+    (root / classes[2] / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return root

