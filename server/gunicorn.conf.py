@@ -7,6 +7,7 @@ each worker builds its onnxruntime session after the fork, so no thread pool is 
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -45,16 +46,16 @@ os.environ.setdefault("WEB_CONCURRENCY", str(workers))
 
 
 def on_starting(server):
-    """Check the bundle once in the master; a bad one stops the start with one clear line."""
+    """Check the bundle before any worker forks: a bad one stops the start with one line."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from server.bundle import BundleError, load_bundle
-
-    try:
-        config = Config.from_env()
-        load_bundle(config.model)
-    except (BundleError, ValueError) as exc:
-        print(f"ecosort: cannot start: {exc}", file=sys.stderr, flush=True)
+    # In a child process: onnxruntime is never initialised in the master we fork from.
+    check = subprocess.run([sys.executable, "-m", "server", "check"], capture_output=True, text=True,
+                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if check.returncode != 0:
+        lines = check.stderr.strip().splitlines() or ["ecosort: cannot start: model check failed"]
+        print(lines[-1], file=sys.stderr, flush=True)
         sys.exit(2)
+    server.log.info("%s", check.stdout.strip())
 
 
 # A client that stalls mid-request (slowloris, a kiosk losing Wi-Fi) would block a gthread

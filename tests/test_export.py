@@ -1,6 +1,5 @@
 """Checkpoint to bundle: parity with PyTorch, int8, and the bundle serves."""
 
-import io
 import json
 import logging
 

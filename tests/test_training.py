@@ -10,7 +10,7 @@ import torch
 
 from tests.helpers import make_dataset
 from training import data
-from training.models import build_model, load_by_position, set_train_mode, apply_strategy
+from training.models import apply_strategy, build_model, load_by_position, set_train_mode
 from training.train import load_checkpoint
 
 

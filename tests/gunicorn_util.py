@@ -1,0 +1,83 @@
+"""Start the real server (gunicorn, as the README does) on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Gunicorn:
+    def __init__(self, model: Path, **env: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "MODEL": str(model), "BIND": f"127.0.0.1:{self.port}", **env}
+        self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, wait: bool = True) -> Gunicorn:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "server/gunicorn.conf.py", "server:create_app()"],
+            cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30) -> float:
+        start = time.time()
+        while time.time() - start < timeout:
+            assert self.proc.poll() is None, self.output()
+            try:
+                if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return time.time() - start
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("server never became ready:\n" + self.output())
+
+    def wait_workers(self, n: int, timeout: float = 30) -> list[int]:
+        deadline = time.time() + timeout
+        while len(self.workers()) != n:
+            assert time.time() < deadline, f"{len(self.workers())} workers, expected {n}"
+            time.sleep(0.05)
+        time.sleep(0.5)  # forked; give the newest one time to load and warm its session
+        return self.workers()
+
+    def output(self) -> str:
+        if self.proc.poll() is None:
+            self.stop()
+        return self.proc.stdout.read()
+
+    def workers(self) -> list[int]:
+        import psutil
+
+        return sorted(c.pid for c in psutil.Process(self.proc.pid).children())
+
+    def stop(self) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def __enter__(self) -> Gunicorn:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
