@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from tests.gunicorn_util import ROOT, Gunicorn
+from bench.serve import ROOT, Gunicorn
 from tests.helpers import solid
 
 

@@ -1,4 +1,6 @@
-"""Start the real server (gunicorn, as the README does) on a free loopback port."""
+"""Start the real server (gunicorn, as the README does) on a free loopback port.
+
+Used by the benchmark's HTTP mode and by the tests that need a real gunicorn."""
 
 from __future__ import annotations
 

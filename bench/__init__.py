@@ -1,0 +1,1 @@
+"""Offline latency benchmark: in-process stages, HTTP, and the old project's pipeline."""

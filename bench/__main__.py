@@ -1,0 +1,223 @@
+"""`python -m bench {inprocess,http,all} --help`: latency stage by stage, over HTTP, and
+against the old project's pipeline; JSON + Markdown out. Ratios are measured in one run,
+interleaved, so drift on a shared machine does not decide them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import http, report
+from .frames import load_inputs
+from .inprocess import Ours
+from .serve import ROOT, Gunicorn
+from .stats import interleave, summary
+
+log = logging.getLogger("bench")
+CORES = len(os.sched_getaffinity(0))
+
+
+def bundles(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.json") if not p.name.startswith("."))
+
+
+def environment(threads: int) -> dict:
+    import onnxruntime
+    import PIL
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    versions = {"python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+                "numpy": np.__version__, "pillow": PIL.__version__}
+    try:
+        import torch
+        versions["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return {"cpu": cpu, "cores": CORES, "threads": threads, "versions": versions,
+            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def stage_table(paths: list[Path], inputs: dict[str, bytes], threads: int, runs: int, batch: int) -> list[dict]:
+    """Every bundle x every input, batch 1 and batch N, stages interleaved per round."""
+    rows = []
+    for path in paths:
+        ours = Ours(path, threads)
+        cases = {}
+        for name, data in inputs.items():
+            cases[(name, 1)] = lambda d=data, o=ours: o.run(d)
+            cases[(name, batch)] = lambda d=data, o=ours: o.run(d, batch)
+        with tqdm(total=runs + 3, desc=f"in-process {path.stem}", leave=False) as bar:
+            times = interleave(cases, runs, 3, 0.01, bar)
+        for (name, n), stages in times.items():
+            rows.append({"bundle": path.stem, "precision": ours.bundle.metrics.get("precision", "?"),
+                         "input": name, "batch": n, "stages": {k: summary(v, n if k in ("inference", "total")
+                                                                         else 1) for k, v in stages.items()}})
+    return rows
+
+
+def head_to_head(shipped: Path, paths: list[Path], frame: bytes, server: Gunicorn, threads_worker: int,
+                 runs: int) -> dict:
+    """The ratio targets: every case on the same 1920x1080 frame, interleaved round by round."""
+    import http.client
+
+    from .inprocess import Torch
+
+    ours_worker = Ours(shipped, threads_worker)
+    ours_full = Ours(shipped, CORES)
+    exact = Ours(shipped, CORES, fast_decode=False)
+    torch_cases = Torch(ours_full.bundle.preprocess, ours_full.bundle.provenance.get("backbone", "resnet50"), CORES)
+    batch1 = ours_full.clf.prepare(frame)[0][None]
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+
+    def over_http() -> dict:
+        start = time.perf_counter()
+        conn.request("POST", "/v1/classify", body=frame, headers={"Content-Type": "image/jpeg"})
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200, response.status
+        return {"total": (time.perf_counter() - start) * 1000}
+
+    cases = {
+        "http_default_config": over_http,
+        "inprocess_worker_threads": lambda: ours_worker.run(frame),
+        "inprocess_all_cores": lambda: ours_full.run(frame),
+        "old_project_pipeline": lambda: torch_cases.old_pipeline(frame),
+        "preprocess_ours_fast": lambda: ours_full.preprocess_only(frame),
+        "preprocess_ours_exact": lambda: exact.preprocess_only(frame),
+        "preprocess_torchvision": lambda: torch_cases.preprocess_only(frame),
+        "eager_shipped_backbone": lambda: torch_cases.eager_ours(batch1),
+    }
+    for path in paths:
+        variant = Ours(path, CORES)
+        cases[f"ort_{variant.bundle.metrics.get('precision', path.stem)}"] = \
+            lambda v=variant: v.infer_only(batch1)
+    with tqdm(total=runs + 5, desc="head to head", leave=False) as bar:
+        times = interleave(cases, runs, 5, 0.02, bar)
+    conn.close()
+    return {name: {stage: summary(v) for stage, v in stages.items()} for name, stages in times.items()}
+
+
+def serving_checks(shipped: Path, frame: bytes, requests: int) -> dict:
+    """Cold start, concurrency-4 throughput, and worker RSS after `requests` requests."""
+    import psutil
+
+    server = Gunicorn(shipped)
+    start = time.time()
+    server.start(wait=False)
+    cold = server.wait_ready()
+    try:
+        workers = server.wait_workers(int(server.env.get("WEB_CONCURRENCY", "2")))
+        http.load(server.url, frame, 100, 4)  # warm-up: arenas, allocator, kernels
+        rss_before = {pid: psutil.Process(pid).memory_info().rss for pid in workers}
+        loaded = http.load(server.url, frame, requests, 4)
+        rss_after = {pid: psutil.Process(pid).memory_info().rss for pid in server.workers()}
+    finally:
+        server.stop()
+    return {"cold_start_s": cold, "startup_wall_s": time.time() - start, "c4": loaded,
+            "rss_mb_before": {str(k): v / 2**20 for k, v in rss_before.items()},
+            "rss_mb_after": {str(k): v / 2**20 for k, v in rss_after.items()}}
+
+
+def defaults_matrix(shipped: Path, frame: bytes, requests: int) -> list[dict]:
+    """Candidate gunicorn x onnxruntime settings, each measured at concurrency 1 and 4."""
+    configs = [
+        {"WEB_CONCURRENCY": "1", "ORT_THREADS": "2", "ORT_SPINNING": "0"},
+        {"WEB_CONCURRENCY": "1", "ORT_THREADS": "2", "ORT_SPINNING": "1"},
+        {"WEB_CONCURRENCY": "2", "ORT_THREADS": "1", "ORT_SPINNING": "0"},
+        {"WEB_CONCURRENCY": "2", "ORT_THREADS": "2", "ORT_SPINNING": "0"},
+        {"WEB_CONCURRENCY": "2", "ORT_THREADS": "2", "ORT_SPINNING": "1"},
+        {"WEB_CONCURRENCY": "2", "ORT_THREADS": "1", "ORT_SPINNING": "0", "ORT_ARENA": "0"},
+    ]
+    rows = []
+    for env in tqdm(configs, desc="serving defaults", leave=False):
+        with Gunicorn(shipped, **env) as server:
+            server.wait_workers(int(env["WEB_CONCURRENCY"]))
+            http.load(server.url, frame, 40, 4)
+            c1 = http.load(server.url, frame, requests // 2, 1)
+            c4 = http.load(server.url, frame, requests, 4)
+        rows.append({"env": env, "c1": c1, "c4": c4})
+    return rows
+
+
+def cmd_all(args) -> dict:
+    paths = bundles(args.models)
+    shipped = args.models / "ecosort.json"
+    inputs = load_inputs(args.inputs)
+    frame = inputs.get("1920x1080") or next(iter(inputs.values()))
+    env = Gunicorn(shipped).env
+    workers = int(env.get("WEB_CONCURRENCY") or 2)
+    threads_worker = max(1, CORES // workers)
+    results: dict = {"environment": environment(threads_worker), "bundles": [p.stem for p in paths]}
+    with Gunicorn(shipped) as server:
+        server.wait_workers(workers)
+        results["head_to_head"] = head_to_head(shipped, paths, frame, server, threads_worker, args.runs)
+    results["serving"] = serving_checks(shipped, frame, args.requests)
+    results["stages"] = stage_table(paths, inputs, CORES, max(10, args.runs // 3), args.batch)
+    if not args.skip_matrix:
+        results["defaults"] = defaults_matrix(shipped, frame, args.requests // 2)
+    results["targets"] = report.targets(results)
+    return results
+
+
+def cmd_inprocess(args) -> dict:
+    paths = bundles(args.models)
+    return {"environment": environment(args.threads),
+            "stages": stage_table(paths, load_inputs(args.inputs), args.threads, args.runs, args.batch)}
+
+
+def cmd_http(args) -> dict:
+    data = next(iter(load_inputs(args.inputs).values())) if args.inputs else load_inputs(None)["1920x1080"]
+    return {"environment": environment(0), "http": http.load(args.url, data, args.requests, args.concurrency,
+                                                             args.timeout)}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = p.add_subparsers(dest="mode", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--inputs", type=Path, help="folder of images (default: generated camera frames)")
+    common.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="JSON + Markdown folder")
+    common.add_argument("--models", type=Path, default=ROOT / "models", help="folder of bundles")
+    a = sub.add_parser("all", parents=[common], help="everything the README table needs (~5 min)")
+    a.add_argument("--runs", type=int, default=60)
+    a.add_argument("--requests", type=int, default=1000, help="requests for the RSS and concurrency checks")
+    a.add_argument("--batch", type=int, default=8)
+    a.add_argument("--skip-matrix", action="store_true", help="skip the serving-defaults matrix")
+    a.set_defaults(run=cmd_all)
+    i = sub.add_parser("inprocess", parents=[common], help="stage latencies per bundle and input")
+    i.add_argument("--runs", type=int, default=30)
+    i.add_argument("--batch", type=int, default=8)
+    i.add_argument("--threads", type=int, default=CORES)
+    i.set_defaults(run=cmd_inprocess)
+    h = sub.add_parser("http", parents=[common], help="load a running server (loopback only)")
+    h.add_argument("--url", default="http://127.0.0.1:8000")
+    h.add_argument("--requests", type=int, default=500)
+    h.add_argument("--concurrency", type=int, default=4)
+    h.add_argument("--timeout", type=float, default=120, help="stop after this many seconds")
+    h.set_defaults(run=cmd_http)
+    return p
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = get_args_parser().parse_args(argv)
+    results = args.run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.mode}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / f"{args.mode}.md").write_text(report.markdown(results, " ".join(["python -m bench", *sys.argv[1:]])))
+    sys.stdout.write((args.out / f"{args.mode}.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""In-process cases: our pipeline per bundle, and (with torch) the old project's pipeline."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+
+from server.bundle import load_bundle
+from server.classify import Classifier
+from server.config import Config
+from server.runtime import Runtime
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
+
+
+class Ours:
+    """decode -> preprocess -> onnxruntime, as a worker does it, stage by stage."""
+
+    def __init__(self, bundle_path: Path, threads: int, fast_decode: bool = True):
+        self.bundle = load_bundle(bundle_path)
+        self.runtime = Runtime(self.bundle, threads)
+        self.runtime.warm_up()
+        self.clf = Classifier(self.runtime, Config(fast_decode=fast_decode))
+
+    def run(self, data: bytes, batch: int = 1) -> dict[str, float]:
+        start = time.perf_counter()
+        array, stages = self.clf.prepare(data)
+        t = time.perf_counter()
+        self.runtime.probabilities(self.runtime.infer(np.repeat(array[None], batch, 0)))
+        return {"decode": stages["decode"] * 1000, "preprocess": stages["preprocess"] * 1000,
+                "inference": _ms(t), "total": _ms(start)}
+
+    def preprocess_only(self, data: bytes) -> dict[str, float]:
+        start = time.perf_counter()
+        self.clf.prepare(data)
+        return {"total": _ms(start)}
+
+    def infer_only(self, batch: np.ndarray) -> dict[str, float]:
+        start = time.perf_counter()
+        self.runtime.infer(batch)
+        return {"total": _ms(start)}
+
+
+class Torch:
+    """PyTorch eager on CPU: the old project's way (ResNet50, squashed 224x224) and our
+    backbone the same way, for the ratios. Imported only when torch is installed."""
+
+    def __init__(self, spec, backbone: str, threads: int):
+        import timm
+        import torch
+        from PIL import Image
+        from torchvision import models
+        from torchvision import transforms as T
+
+        torch.set_num_threads(threads)
+        self.torch, self.Image = torch, Image
+        imagenet = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        # The old project: aspect ratio squashed, ImageNet ResNet50, fp32 eager.
+        self.old_transform = T.Compose([T.Resize((224, 224)), T.ToTensor(), imagenet])
+        self.resnet50 = models.resnet50().eval()  # timing only: weights do not change cost
+        interpolation = T.InterpolationMode(spec.interpolation)
+        self.transform = T.Compose([T.Resize(spec.resize, interpolation=interpolation), T.CenterCrop(spec.crop),
+                                    T.ToTensor(), T.Normalize(spec.mean, spec.std)])
+        timm_name = {"efficientnet_lite0": "tf_efficientnet_lite0", "efficientnet_lite1": "tf_efficientnet_lite1",
+                     "efficientnet_lite2": "tf_efficientnet_lite2"}.get(backbone, backbone)
+        self.ours = timm.create_model(timm_name, num_classes=6).eval() if backbone != "resnet50" \
+            else models.resnet50(num_classes=6).eval()
+
+    def decode(self, data: bytes):
+        return self.Image.open(io.BytesIO(data)).convert("RGB")
+
+    def old_pipeline(self, data: bytes) -> dict[str, float]:
+        start = time.perf_counter()
+        image = self.decode(data)
+        t1 = time.perf_counter()
+        x = self.old_transform(image)[None]
+        t2 = time.perf_counter()
+        with self.torch.inference_mode():
+            self.resnet50(x).softmax(1)
+        return {"decode": (t1 - start) * 1000, "preprocess": (t2 - t1) * 1000, "inference": _ms(t2),
+                "total": _ms(start)}
+
+    def preprocess_only(self, data: bytes) -> dict[str, float]:
+        start = time.perf_counter()
+        self.transform(self.decode(data))
+        return {"total": _ms(start)}
+
+    def eager_ours(self, batch: np.ndarray) -> dict[str, float]:
+        x = self.torch.from_numpy(batch)
+        start = time.perf_counter()
+        with self.torch.inference_mode():
+            self.ours(x)
+        return {"total": _ms(start)}
