@@ -32,7 +32,7 @@ PAGE = Path(__file__).with_name("static") / "index.html"
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app; loads, verifies and warms the model before returning (after fork)."""
     config = Config.from_env(**(test_config or {}))
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the one page is served by the blueprint
     app.config.update(
         ECOSORT=config,
         MAX_CONTENT_LENGTH=int(config.max_upload_mb * 1024 * 1024),
