@@ -26,6 +26,9 @@ RESAMPLE = {
 # with a different message, so it is switched off for this process.
 Image.MAX_IMAGE_PIXELS = None
 Image.init()  # register every plugin now: Image.open(formats=...) looks them up by name
+# Corrupt-EXIF and palette warnings are about the upload, not the server; set once here
+# (warnings.catch_warnings per call is not thread-safe under gthread).
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 
 class ImageError(ValueError):
@@ -78,18 +81,16 @@ def decode(data: bytes, max_pixels: int, min_side: int, draft_to: int | None = N
     decoding, keeping the shorter side >= draft_to (the fast path for camera frames)."""
     image = _open(data, max_pixels, min_side)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # truncated-EXIF and palette warnings are not errors
-            if getattr(image, "n_frames", 1) > 1:
-                image.seek(0)  # animated GIF, multi-page TIFF: the first frame
-            if draft_to and image.format in ("JPEG", "MPO"):
-                image.draft("RGB", (draft_to, draft_to))
-            image.load()
-            try:
-                image = ImageOps.exif_transpose(image)
-            except Exception:  # noqa: BLE001 - broken EXIF: classify the pixels as stored
-                pass
-            return to_rgb(image)
+        if getattr(image, "n_frames", 1) > 1:
+            image.seek(0)  # animated GIF, multi-page TIFF: the first frame
+        if draft_to and image.format in ("JPEG", "MPO"):
+            image.draft("RGB", (draft_to, draft_to))
+        image.load()
+        try:
+            image = ImageOps.exif_transpose(image)
+        except Exception:  # noqa: BLE001 - broken EXIF: classify the pixels as stored
+            pass
+        return to_rgb(image)
     except ImageError:
         raise
     except Exception:  # noqa: BLE001 - truncated or corrupt pixel data
