@@ -107,25 +107,26 @@ def head_to_head(shipped: Path, paths: list[Path], frame: bytes, server: Gunicor
     return {name: {stage: summary(v) for stage, v in stages.items()} for name, stages in times.items()}
 
 
-def serving_checks(shipped: Path, frame: bytes, requests: int) -> dict:
-    """Cold start, concurrency-4 throughput, and worker RSS after `requests` requests."""
+def serving_checks(model: Path, frame: bytes, requests: int, concurrency: int = 4, warmup: int = 100,
+                   **env: str) -> dict:
+    """Cold start, then `requests` at `concurrency` after a warm-up, with worker RSS around it."""
     import psutil
 
-    server = Gunicorn(shipped)
-    start = time.time()
+    server = Gunicorn(model, **env)
     server.start(wait=False)
     cold = server.wait_ready()
     try:
-        workers = server.wait_workers(int(server.env.get("WEB_CONCURRENCY", "2")))
-        http.load(server.url, frame, 100, 4)  # warm-up: arenas, allocator, kernels
+        workers = server.wait_workers(int(server.env.get("WEB_CONCURRENCY") or 2))
+        http.load(server.url, frame, warmup, concurrency)  # arenas, allocator pools, kernels
         rss_before = {pid: psutil.Process(pid).memory_info().rss for pid in workers}
-        loaded = http.load(server.url, frame, requests, 4)
+        loaded = http.load(server.url, frame, requests, concurrency, timeout_s=1800)
         rss_after = {pid: psutil.Process(pid).memory_info().rss for pid in server.workers()}
     finally:
         server.stop()
-    return {"cold_start_s": cold, "startup_wall_s": time.time() - start, "c4": loaded,
+    growth = {str(pid): rss_after[pid] / rss_before[pid] - 1 for pid in rss_before if pid in rss_after}
+    return {"cold_start_s": cold, "load": loaded, "same_workers": sorted(rss_before) == sorted(rss_after),
             "rss_mb_before": {str(k): v / 2**20 for k, v in rss_before.items()},
-            "rss_mb_after": {str(k): v / 2**20 for k, v in rss_after.items()}}
+            "rss_mb_after": {str(k): v / 2**20 for k, v in rss_after.items()}, "rss_growth": growth}
 
 
 def defaults_matrix(shipped: Path, frame: bytes, requests: int) -> list[dict]:
@@ -161,12 +162,20 @@ def cmd_all(args) -> dict:
     with Gunicorn(shipped) as server:
         server.wait_workers(workers)
         results["head_to_head"] = head_to_head(shipped, paths, frame, server, threads_worker, args.runs)
-    results["serving"] = serving_checks(shipped, frame, args.requests)
+    results["serving"] = serving_checks(shipped, frame, args.requests)  # 4 clients
     results["stages"] = stage_table(paths, inputs, CORES, max(10, args.runs // 3), args.batch)
     if not args.skip_matrix:
         results["defaults"] = defaults_matrix(shipped, frame, args.requests // 2)
     results["targets"] = report.targets(results)
     return results
+
+
+def cmd_load(args) -> dict:
+    """The soak: many requests at high concurrency; only 200 or an explicit 503 allowed."""
+    frame = load_inputs(None)[args.frame] if not args.inputs else next(iter(load_inputs(args.inputs).values()))
+    result = serving_checks(args.model, frame, args.requests, args.concurrency, warmup=200)
+    result["environment"] = environment(0)
+    return result
 
 
 def cmd_inprocess(args) -> dict:
@@ -199,6 +208,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     i.add_argument("--batch", type=int, default=8)
     i.add_argument("--threads", type=int, default=CORES)
     i.set_defaults(run=cmd_inprocess)
+    ld = sub.add_parser("load", parents=[common], help="start gunicorn and soak it (README: 20,000 at 16)")
+    ld.add_argument("--model", type=Path, default=ROOT / "models" / "ecosort.json")
+    ld.add_argument("--requests", type=int, default=20000)
+    ld.add_argument("--concurrency", type=int, default=16)
+    ld.add_argument("--frame", default="640x480", help="generated frame size to send")
+    ld.set_defaults(run=cmd_load)
     h = sub.add_parser("http", parents=[common], help="load a running server (loopback only)")
     h.add_argument("--url", default="http://127.0.0.1:8000")
     h.add_argument("--requests", type=int, default=500)

@@ -30,9 +30,9 @@ def targets(results: dict) -> list[dict]:
     serving = results.get("serving", {})
     full = h("inprocess_all_cores")
     if serving and full:
-        add("4 clients: server throughput / in-process throughput", serving["c4"]["throughput"] / (1000 / full),
+        add("4 clients: server throughput / in-process throughput", serving["load"]["throughput"] / (1000 / full),
             0.9, True, "")
-        add("errors under 4 clients", serving["c4"]["errors"], 0, False, "")
+        add("errors under 4 clients", serving["load"]["errors"], 0, False, "")
         add("worker RSS after requests (max)", max(serving["rss_mb_after"].values()), 250, False, "MB")
         add("cold start to /readyz", serving["cold_start_s"], 3, False, "s")
     return rows
@@ -82,6 +82,15 @@ def markdown(results: dict, command: str) -> str:
                          f"{_fmt(c4['latency_ms']['p50'])} | {_fmt(c4['throughput'], 1)} | "
                          f"{c1['errors'] + c4['errors']} |")
         lines.append("")
+    if results.get("load"):
+        r, lat = results["load"], results["load"]["latency_ms"] or {}
+        growth = max(results["rss_growth"].values()) if results["rss_growth"] else None
+        lines += ["| requests | concurrency | statuses | p50 ms | p99 ms | images/s | worker RSS MB after | "
+                  "max RSS growth |", "| --- | --- | --- | --- | --- | --- | --- | --- |",
+                  f"| {r['requests']} | {r['concurrency']} | {r['statuses']} | {_fmt(lat.get('p50'))} | "
+                  f"{_fmt(lat.get('p99'))} | {_fmt(r['throughput'], 1)} | "
+                  f"{', '.join(_fmt(v, 0) for v in results['rss_mb_after'].values())} | "
+                  f"{_fmt(100 * growth if growth is not None else None, 1)}% |", ""]
     if results.get("http"):
         r = results["http"]
         lat = r["latency_ms"] or {}
