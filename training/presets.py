@@ -6,7 +6,9 @@ The eval preset is the contract the server's numpy preprocessing must equal
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from scipy import ndimage
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
@@ -28,11 +30,19 @@ class RandomBackground(torch.nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if torch.rand(()) >= self.p:
             return image
-        hi, lo = image.amax(0), image.amin(0)
-        mask = ((hi > self.brightness) & (hi - lo < self.saturation)).float()[None]
+        mask = torch.from_numpy(self.backdrop_mask(image)).float()[None]
         # Soften the mask edge so the model cannot learn a hard cut-out seam.
         mask = torch.nn.functional.avg_pool2d(mask[None], 5, 1, 2)[0]
         return image * (1 - mask) + self._backdrop(image.shape) * mask
+
+    def backdrop_mask(self, image: torch.Tensor) -> np.ndarray:
+        """Bright, grey pixels connected to the frame's border: the backdrop, not a white
+        sheet of paper or a clear bottle in the middle of the picture."""
+        hi, lo = image.amax(0), image.amin(0)
+        candidate = ((hi > self.brightness) & (hi - lo < self.saturation)).numpy()
+        labels, _ = ndimage.label(candidate)
+        border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        return np.isin(labels, border[border > 0])
 
     @staticmethod
     def _backdrop(shape) -> torch.Tensor:

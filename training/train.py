@@ -48,7 +48,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--imbalance", choices=("weights", "sampler", "none"), default="weights",
                    help="class-weighted loss, WeightedRandomSampler, or nothing")
-    p.add_argument("--background-p", type=float, default=0.5, help="chance of a random backdrop per image")
+    p.add_argument("--background-p", type=float, default=0.25, help="chance of a random backdrop per image")
     p.add_argument("--seed", type=int, default=constants.DEFAULT_SEED)
     p.add_argument("--workers", type=int, default=max(1, min(4, (os.cpu_count() or 2) - 1)))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
