@@ -178,6 +178,44 @@ def cmd_load(args) -> dict:
     return result
 
 
+def cmd_fastpath(args) -> dict:
+    """What FAST_DECODE costs: largest pixel deviation from the exact path, and accuracy of
+    both paths on the test split, at native size and as camera-sized JPEG frames."""
+    import io
+
+    from PIL import Image
+
+    exact, fast = Ours(args.model, CORES, fast_decode=False), Ours(args.model, CORES, fast_decode=True)
+    classes = list(exact.bundle.classes)
+    manifest = json.loads(Path(args.manifest).read_text())
+    items = [it for it in manifest["items"] if it["split"] == "test"][: args.limit or None]
+    spec = exact.bundle.preprocess
+    scale = np.asarray(spec.std, np.float32)[:, None, None] * 255  # model input units -> grey levels
+    out: dict = {"images": len(items), "sizes": {}}
+    for size in [None, *args.sizes]:
+        right = {"exact": 0, "fast": 0}
+        worst, mean = 0.0, []
+        for it in tqdm(items, desc=f"fast path {size or 'native'}", leave=False):
+            data = (args.data / it["path"]).read_bytes()
+            if size:
+                w, h = size
+                buffer = io.BytesIO()
+                Image.open(io.BytesIO(data)).convert("RGB").resize((w, h), Image.Resampling.BICUBIC).save(
+                    buffer, "JPEG", quality=90)
+                data = buffer.getvalue()
+            a, _ = exact.clf.prepare(data)
+            b, _ = fast.clf.prepare(data)
+            diff = np.abs(a - b) * scale
+            worst, mean = max(worst, float(diff.max())), mean + [float(diff.mean())]
+            for name, x in (("exact", a), ("fast", b)):
+                right[name] += classes[int(exact.runtime.infer(x[None]).argmax())] == it["label"]
+        out["sizes"][f"{size[0]}x{size[1]}" if size else "native"] = {
+            "max_pixel_deviation": worst, "mean_pixel_deviation": float(np.mean(mean)),
+            "accuracy_exact": right["exact"] / len(items), "accuracy_fast": right["fast"] / len(items)}
+    out["environment"] = environment(CORES)
+    return out
+
+
 def cmd_inprocess(args) -> dict:
     paths = bundles(args.models)
     return {"environment": environment(args.threads),
@@ -214,6 +252,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     ld.add_argument("--concurrency", type=int, default=16)
     ld.add_argument("--frame", default="640x480", help="generated frame size to send")
     ld.set_defaults(run=cmd_load)
+    fp = sub.add_parser("fastpath", parents=[common], help="accuracy and pixel deviation of FAST_DECODE")
+    fp.add_argument("--model", type=Path, default=ROOT / "models" / "ecosort.json")
+    fp.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/trashnet/dataset-resized")
+    fp.add_argument("--manifest", type=Path, default=ROOT / "training/splits/trashnet.json")
+    fp.add_argument("--sizes", type=lambda s: tuple(map(int, s.split("x"))), nargs="*",
+                    default=[(1920, 1080), (4032, 3024)])
+    fp.add_argument("--limit", type=int, default=0)
+    fp.set_defaults(run=cmd_fastpath)
     h = sub.add_parser("http", parents=[common], help="load a running server (loopback only)")
     h.add_argument("--url", default="http://127.0.0.1:8000")
     h.add_argument("--requests", type=int, default=500)

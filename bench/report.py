@@ -91,6 +91,15 @@ def markdown(results: dict, command: str) -> str:
                   f"{_fmt(lat.get('p99'))} | {_fmt(r['throughput'], 1)} | "
                   f"{', '.join(_fmt(v, 0) for v in results['rss_mb_after'].values())} | "
                   f"{_fmt(100 * growth if growth is not None else None, 1)}% |", ""]
+    if results.get("sizes"):
+        lines += [f"FAST_DECODE on the {results['images']} test-split images (pixel deviation in grey levels "
+                  "of the model input):", "",
+                  "| frames | max deviation | mean deviation | accuracy exact | accuracy fast |",
+                  "| --- | --- | --- | --- | --- |"]
+        for name, r in results["sizes"].items():
+            lines.append(f"| {name} | {_fmt(r['max_pixel_deviation'], 1)} | {_fmt(r['mean_pixel_deviation'], 2)} | "
+                         f"{100 * r['accuracy_exact']:.2f}% | {100 * r['accuracy_fast']:.2f}% |")
+        lines.append("")
     if results.get("http"):
         r = results["http"]
         lat = r["latency_ms"] or {}
