@@ -112,3 +112,14 @@ def test_frozen_batchnorm_stays_in_eval():
     set_train_mode(model)
     assert not model.bn1.training and model.classifier.training
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["classifier.weight", "classifier.bias"]
+
+
+def test_torchrun_ddp_on_cpu(dataset, tmp_path):
+    """Two processes under torchrun (gloo on CPU): the same code path a multi-GPU user runs."""
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "training",
+                        "fit", "--data", str(dataset), "--out", str(tmp_path / "ddp"), "--epochs", "2",
+                        "--patience", "1", "--image-size", "64", "--batch-size", "4", "--workers", "0",
+                        "--device", "cpu", "--no-progress"], capture_output=True, text=True, timeout=300,
+                       env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "ddp" / "best.pt").exists() and (tmp_path / "ddp" / "report" / "summary.md").exists()

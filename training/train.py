@@ -168,20 +168,27 @@ def main(args) -> dict:
             train_loader.sampler.set_epoch(epoch)
         stats = train_one_epoch(train_model, criterion, optimizer, scheduler, train_loader, device, epoch,
                                 scaler, channels_last, show_progress=not args.no_progress and rank == 0)
-        if rank != 0:
-            continue
-        val = evaluate(model, eval_criterion, eval_loaders["val"], device, channels_last)
-        history.append({"epoch": epoch, "train": stats, "val": val})
-        log.info("epoch %d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  (%.0fs)",
-                 epoch, stats["loss"], stats["acc"], val["loss"], val["acc"], stats["seconds"])
-        if best is None or (val["acc"], -val["loss"]) > (best["val"]["acc"], -best["val"]["loss"]):
-            best, stale = history[-1], 0
-            save_checkpoint(args.out / "best.pt", model, args, classes, spec, epoch, val)
-        else:
-            stale += 1
-            if stale >= args.patience:
-                log.info("early stop: no better val accuracy for %d epochs", stale)
-                break
+        stop = False
+        if rank == 0:
+            val = evaluate(model, eval_criterion, eval_loaders["val"], device, channels_last)
+            history.append({"epoch": epoch, "train": stats, "val": val})
+            log.info("epoch %d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  (%.0fs)",
+                     epoch, stats["loss"], stats["acc"], val["loss"], val["acc"], stats["seconds"])
+            if best is None or (val["acc"], -val["loss"]) > (best["val"]["acc"], -best["val"]["loss"]):
+                best, stale = history[-1], 0
+                save_checkpoint(args.out / "best.pt", model, args, classes, spec, epoch, val)
+            else:
+                stale += 1
+                stop = stale >= args.patience
+                if stop:
+                    log.info("early stop: no better val accuracy for %d epochs", stale)
+        if distributed:
+            # All ranks leave together, or the others would wait in all-reduce forever.
+            flag = [stop]
+            torch.distributed.broadcast_object_list(flag, src=0)
+            stop = flag[0]
+        if stop:
+            break
     if distributed:
         torch.distributed.destroy_process_group()
     if rank != 0:
