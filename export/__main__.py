@@ -112,8 +112,12 @@ def main(args) -> int:
     exported = copy.deepcopy(model)
     swapped = static_same_padding(exported, spec.crop) if ckpt["backbone"] != "resnet50" else 0
     proto = to_onnx(exported, work / "fp32.onnx", spec.crop)
-    log.info("exported %s: %d nodes (%d dynamic-pad convs made static), opset %d",
-             ckpt["backbone"], len(proto.graph.node), swapped, OPSET)
+    # For the record: the same network exported with timm's run-time padding.
+    dynamic_nodes = len(to_onnx(model, work / "dynamic.onnx", spec.crop).graph.node) if swapped else None
+    graph = {"nodes": len(proto.graph.node), "nodes_with_dynamic_padding": dynamic_nodes,
+             "convs_made_static": swapped}
+    log.info("exported %s: %d nodes (%s with timm's dynamic padding; %d convs made static), opset %d",
+             ckpt["backbone"], len(proto.graph.node), dynamic_nodes, swapped, OPSET)
 
     results, sessions = {}, {}
     results["fp32"], sessions["fp32"] = evaluate_variant(work / "fp32.onnx", val, test, classes)
@@ -149,6 +153,7 @@ def main(args) -> int:
             input=InputSpec("image", (None, 3, spec.crop, spec.crop)), preprocess=spec,
             calibration=Calibration(results[precision]["temperature"], args.uncertain_below),
             metrics={"precision": precision, **results[precision], "parity": check, "variants": summary,
+                     "graph": graph,
                      "shipped": shipped, "decision": reason, "quantization": quant if precision == "int8" else None},
             provenance=provenance(ckpt, args.checkpoint, manifest_path),
         )
