@@ -123,3 +123,14 @@ def test_torchrun_ddp_on_cpu(dataset, tmp_path):
                        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "ddp" / "best.pt").exists() and (tmp_path / "ddp" / "report" / "summary.md").exists()
+
+
+def test_init_from_and_ema(fitted, dataset, tmp_path):
+    from tests.conftest import fit
+
+    run, _ = fitted
+    metrics = fit(dataset, tmp_path / "ema", "--init-from", str(run / "best.pt"), "--ema", "0.9", "--max-steps", "2")
+    assert metrics["test"]["n"] > 0
+    r = subprocess.run([sys.executable, "-m", "training", "fit", "--data", str(dataset), "--out", str(tmp_path / "x"),
+                        "--backbone", "resnet50", "--init-from", str(run / "best.pt")], capture_output=True, text=True)
+    assert r.returncode == 2 and "not this run's" in r.stderr and "Traceback" not in r.stderr

@@ -29,7 +29,7 @@ def cli(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         args.run(args)
-    except (data.DatasetError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError) as exc:  # bad data or arguments: one line, exit 2
         logging.getLogger("training").error("%s", exc)
         return 2
     return 0

@@ -19,7 +19,7 @@ def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Ten
 
 
 def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, epoch: int,
-                    scaler=None, channels_last: bool = False, show_progress: bool = True) -> dict:
+                    scaler=None, channels_last: bool = False, show_progress: bool = True, ema=None) -> dict:
     set_train_mode(model)
     total, correct, loss_sum, start = 0, 0, 0.0, time.time()
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show_progress)
@@ -37,6 +37,8 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, epoc
             loss.backward()
             optimizer.step()
         scheduler.step()  # per step: the cosine curve is smooth even over few epochs
+        if ema is not None:
+            ema.update(model.module if hasattr(model, "module") else model)
         total += len(targets)
         correct += (logits.argmax(1) == targets).sum().item()
         loss_sum += loss.item() * len(targets)

@@ -1,0 +1,62 @@
+"""The shipped bundle: it loads, it is what it says, and its recorded numbers are real."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from server import create_app
+from server.bundle import load_bundle
+from tests.conftest import ROOT, SAMPLES, SHIPPED
+
+TRASHNET = ROOT.parent / "shared" / "data" / "trashnet" / "dataset-resized"
+pytestmark = pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped bundle in models/")
+
+
+def test_check_command_accepts_it():
+    r = subprocess.run([sys.executable, "-m", "server", "check", str(SHIPPED)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("ok: ecosort"), r.stderr
+
+
+def test_bundle_contract():
+    bundle = load_bundle(SHIPPED)
+    assert bundle.classes == ("cardboard", "glass", "metal", "paper", "plastic", "trash")
+    assert bundle.input.name == "image" and bundle.input.shape[0] is None
+    manifest = ROOT / bundle.provenance["split_manifest"]
+    assert manifest.exists(), "the bundle must name a committed split manifest"
+    items = json.loads(manifest.read_text())["items"]
+    assert bundle.metrics["test"]["n"] == sum(it["split"] == "test" for it in items)
+    assert bundle.provenance["commit"] and bundle.provenance["backbone"]
+    for other in ROOT.glob("models/ecosort-*.json"):
+        assert load_bundle(other).metrics["shipped"] == bundle.metrics["precision"]
+
+
+def test_sample_photos():
+    client = create_app({"model": SHIPPED}).test_client()
+    right = 0
+    for path in SAMPLES:
+        body = client.post("/v1/classify", data=path.read_bytes(), content_type="image/jpeg").get_json()
+        right += body["label"] == path.stem.rstrip("0123456789")
+    assert right >= len(SAMPLES) - 1
+
+
+@pytest.mark.skipif(not TRASHNET.exists(), reason="TrashNet not beside the checkout")
+def test_recorded_test_accuracy_is_reproduced():
+    """Re-measure the test split through the server's exact path: the bundle's numbers hold."""
+    from server.preprocess import decode, preprocess
+    from server.runtime import Runtime
+
+    bundle = load_bundle(SHIPPED)
+    runtime = Runtime(bundle, threads=2)
+    items = [it for it in json.loads((ROOT / bundle.provenance["split_manifest"]).read_text())["items"]
+             if it["split"] == "test"]
+    predictions = []
+    for start in range(0, len(items), 32):
+        batch = np.stack([preprocess(decode((TRASHNET / it["path"]).read_bytes(), 10**9, 1), bundle.preprocess)
+                          for it in items[start:start + 32]])
+        predictions += [bundle.classes[i] for i in runtime.infer(batch).argmax(1)]
+    accuracy = np.mean([p == it["label"] for p, it in zip(predictions, items)])
+    assert accuracy == pytest.approx(bundle.metrics["test"]["accuracy"], abs=1e-9)
