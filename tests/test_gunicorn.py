@@ -113,29 +113,33 @@ def test_kill_9_one_worker_under_load(tiny_bundle):
     with Gunicorn(tiny_bundle, WEB_CONCURRENCY="2", GUNICORN_THREADS="2") as g:
         before = g.wait_workers(2)
         results: list[int | str] = []
-        stop = threading.Event()
+        replaced = threading.Event()
+        after_replacement: list[int | str] = []
 
         def load():
             session = requests.Session()
-            while not stop.is_set() and len(results) < 2000:
+            deadline = time.time() + 90
+            # Runs until 40 answers have come after the replacement worker is up (count, not time:
+            # a busy CI machine is slow, not wrong).
+            while time.time() < deadline and len(after_replacement) < 40:
                 try:
-                    results.append(session.post(g.url + "/v1/classify", data=solid((255, 0, 0)), timeout=10)
-                                   .status_code)
-                except requests.ConnectionError:
-                    results.append("reset")
+                    status = session.post(g.url + "/v1/classify", data=solid((255, 0, 0)), timeout=10).status_code
+                except requests.RequestException:
+                    status = "reset"
                     session = requests.Session()
+                (after_replacement if replaced.is_set() else results).append(status)
 
         threads = [threading.Thread(target=load) for _ in range(4)]
         for t in threads:
             t.start()
-        time.sleep(0.5)
+        while len(results) < 20:
+            time.sleep(0.05)
         os.kill(before[0], signal.SIGKILL)
-        killed_at = len(results)
-        deadline = time.time() + 15
+        deadline = time.time() + 30
         while (len(g.workers()) < 2 or before[0] in g.workers()) and time.time() < deadline:
             time.sleep(0.1)
-        time.sleep(0.5)
-        stop.set()
+        g.wait_workers(2)
+        replaced.set()
         for t in threads:
             t.join()
         after = g.workers()
@@ -144,8 +148,7 @@ def test_kill_9_one_worker_under_load(tiny_bundle):
         errors = [r for r in results if r != 200]
         # Only requests in flight on the killed worker may be lost (at most one per client).
         assert len(errors) <= 4, errors
-        assert all(r == 200 for r in results[killed_at + 8:])
-        assert len(results) - killed_at > 20
+        assert len(after_replacement) >= 40 and all(r == 200 for r in after_replacement), after_replacement
 
 
 def test_sigterm_drains_in_flight_request(tiny_bundle):
