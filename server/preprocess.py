@@ -122,9 +122,10 @@ def preprocess(image: Image.Image, spec: Preprocess, reducing_gap: float | None 
     size = resized_size(image.width, image.height, spec.resize)
     if size != image.size:
         image = image.resize(size, RESAMPLE[spec.interpolation], reducing_gap=reducing_gap)
-    array = center_crop(image, spec.crop).astype(np.float32)
-    # Same float32 operations in the same order as ToTensor (/255) and Normalize (-mean, /std).
-    array /= np.float32(255.0)
-    array -= np.asarray(spec.mean, np.float32)
-    array /= np.asarray(spec.std, np.float32)
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
+    # Transpose while still uint8 (a quarter of the bytes), then one multiply-add per
+    # value: x * 1/(255 std) - mean/std equals ToTensor + Normalize to ~1e-7.
+    chw = np.ascontiguousarray(center_crop(image, spec.crop).transpose(2, 0, 1)).astype(np.float32)
+    std = np.asarray(spec.std, np.float64)
+    chw *= (1.0 / (255.0 * std)).astype(np.float32)[:, None, None]
+    chw -= (np.asarray(spec.mean, np.float64) / std).astype(np.float32)[:, None, None]
+    return chw
