@@ -31,12 +31,18 @@ def copy_bundle(tiny_bundle, tmp_path):
 
 
 def refuse(model) -> str:
-    r = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "server/gunicorn.conf.py", "server:create_app()"],
-                       cwd=ROOT, env={**os.environ, "MODEL": str(model), "BIND": "127.0.0.1:0"},
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode != 0
-    lines = [line for line in r.stderr.splitlines() if line.startswith("ecosort:")]
-    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "server/gunicorn.conf.py", "server:create_app()"],
+                            cwd=ROOT, env={**os.environ, "MODEL": str(model), "BIND": "127.0.0.1:0"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # it started serving after all: take its workers down with it
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    lines = [line for line in stderr.splitlines() if line.startswith("ecosort:")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
     return lines[0]
 
 
