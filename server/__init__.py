@@ -1,88 +1,17 @@
 """EcoSort Edge inference server: `gunicorn -c server/gunicorn.conf.py 'server:create_app()'`.
 
-Never imports torch: the kiosk image installs requirements-serve.txt only.
+Never imports torch: the kiosk image installs requirements-serve.txt only. Importing the
+package is cheap on purpose: gunicorn's master reads `server.config` and must not load
+onnxruntime before it forks (its static state is not fork-safe: workers aborted at exit).
 """
 
 from __future__ import annotations
 
-import hmac
-import logging
-import re
-import threading
-import time
-import uuid
-from pathlib import Path
 from typing import Any
 
-from flask import Flask, g, request
 
-from . import metrics
-from .api import bp
-from .bundle import load_bundle
-from .classify import Classifier
-from .config import Config
-from .errors import ApiError, register_error_handlers
-from .runtime import Runtime
+def create_app(test_config: dict[str, Any] | None = None):
+    """Build the Flask app (see server/app.py); called once per worker, after the fork."""
+    from .app import create_app as build
 
-log = logging.getLogger("server")
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-PAGE = Path(__file__).with_name("static") / "index.html"
-
-
-def create_app(test_config: dict[str, Any] | None = None) -> Flask:
-    """Build the app; loads, verifies and warms the model before returning (after fork)."""
-    config = Config.from_env(**(test_config or {}))
-    app = Flask(__name__, static_folder=None)  # the one page is served by the blueprint
-    app.config.update(
-        ECOSORT=config,
-        MAX_CONTENT_LENGTH=int(config.max_upload_mb * 1024 * 1024),
-        MAX_FORM_PARTS=4 * config.max_batch + 16,
-        JSON_SORT_KEYS=False,
-    )
-    app.json.sort_keys = False
-    bundle = load_bundle(config.model)
-    runtime = Runtime(bundle, config.threads, config.ort_spinning, config.ort_arena)
-    warm_ms = runtime.warm_up()
-    log.info("model %s (%s) ready in %.0f ms warm-up, %d onnxruntime threads, fast_decode=%s",
-             bundle.name, bundle.sha256[:12], warm_ms, config.threads, config.fast_decode)
-    app.extensions["ecosort"] = Classifier(runtime, config)
-    app.extensions["ecosort.gate"] = threading.BoundedSemaphore(config.max_inflight)
-    app.extensions["ecosort.page"] = PAGE.read_bytes()
-    app.register_blueprint(bp)
-    register_error_handlers(app)
-    _register_hooks(app, config)
-    if config.feedback_dir:
-        from .feedback import register_feedback
-
-        register_feedback(app, Path(config.feedback_dir), config.feedback_max_mb)
-    return app
-
-
-def _register_hooks(app: Flask, config: Config) -> None:
-    token = config.api_token.encode()
-
-    @app.before_request
-    def start() -> None:
-        g.start = time.perf_counter()
-        rid = request.headers.get("X-Request-ID", "")
-        g.request_id = rid if REQUEST_ID.match(rid) else uuid.uuid4().hex
-        if token and request.path != "/healthz" and not hmac.compare_digest(_presented_token(), token):
-            raise ApiError(401, "unauthorized", "missing or wrong API token",
-                           {"WWW-Authenticate": 'Bearer realm="ecosort"'})
-
-    @app.after_request
-    def finish(response):
-        response.headers["X-Request-ID"] = g.get("request_id", "")
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        route = request.url_rule.rule if request.url_rule else "unmatched"
-        metrics.REQUESTS.labels(route, request.method, str(response.status_code)).inc()
-        if "start" in g:
-            metrics.LATENCY.labels(route).observe(time.perf_counter() - g.start)
-        return response
-
-
-def _presented_token() -> bytes:
-    auth = request.headers.get("Authorization", "")
-    if auth.startswith("Bearer "):
-        return auth[7:].strip().encode()
-    return (request.headers.get("X-API-Token") or request.args.get("token") or "").encode()
+    return build(test_config)

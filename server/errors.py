@@ -39,13 +39,6 @@ def register_error_handlers(app: Flask) -> None:
         headers = {"Allow": ", ".join(methods)} if methods else {}
         return error_response(status, CODES.get(status, "http_error"), message, headers)
 
-    @app.errorhandler(TimeoutError)
-    @app.errorhandler(ConnectionError)
-    def client_stalled(exc: OSError):
-        # The socket read timeout (CLIENT_TIMEOUT) fired while reading the body: the
-        # client stalled or vanished. Its fault, not ours: 408, and no traceback in the log.
-        return error_response(408, "client_timeout", "the request body did not arrive in time")
-
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
         # A bug, not bad input: log the traceback here, tell the client nothing internal.

@@ -173,3 +173,5 @@ def test_sigterm_drains_in_flight_request(tiny_bundle):
         response += chunk
     assert response.startswith(b"HTTP/1.1 200") and b'"label":"paper"' in response
     assert g.proc.wait(timeout=30) == 0
+    log = g.proc.stdout.read()
+    assert "Worker exiting" in log and "SIGABRT" not in log and "terminate called" not in log, log[-2000:]

@@ -40,7 +40,7 @@ def test_wrong_tokens_refused(locked, token):
 
 
 def test_token_compared_in_constant_time():
-    source = (ROOT / "server" / "__init__.py").read_text()
+    source = (ROOT / "server" / "app.py").read_text()
     assert "hmac.compare_digest(" in source and "== token" not in source
 
 
@@ -71,7 +71,18 @@ def test_server_never_imports_torch():
     import subprocess
     import sys
 
-    code = ("import sys, server, server.__main__, server.feedback; from server import create_app; "
+    code = ("import sys, server, server.app, server.__main__, server.feedback; from server import create_app; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'timm', 'training')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_gunicorn_master_does_not_load_onnxruntime():
+    """The master imports server.config only; onnxruntime loaded before fork made every
+    worker abort (std::system_error) at exit."""
+    import subprocess
+    import sys
+
+    code = "import sys, server, server.config; print('onnxruntime' in sys.modules, 'flask' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False False"
