@@ -9,5 +9,5 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 python -m pip install -q -r requirements-train.txt
-python -m ruff check server export training tests
+python -m ruff check server export training bench tests
 python -m pytest "$@"
