@@ -158,3 +158,25 @@ def test_memory_stays_bounded(client):
     for data in SEEDS * 50:
         client.post("/v1/classify", data=data)
     assert process.memory_info().rss - before < 50 * 2**20
+
+
+def test_real_gunicorn_workers_survive_fuzzed_uploads(tiny_bundle):
+    """The same kind of inputs through a real gunicorn: no 5xx, and no worker dies."""
+    import requests
+
+    from bench.serve import Gunicorn
+
+    rng = np.random.default_rng(1)
+    with Gunicorn(tiny_bundle, MIN_SIDE="2") as server:
+        workers = server.wait_workers(2)
+        for i in range(600):
+            data = bytearray(SEEDS[i % len(SEEDS)])
+            for _ in range(int(rng.integers(1, 4))):  # flip bytes, sometimes truncate
+                at = int(rng.integers(0, len(data)))
+                data[at] ^= int(rng.integers(1, 256))
+            if i % 5 == 0:
+                del data[int(rng.integers(0, len(data))):]
+            r = requests.post(server.url + "/v1/classify", data=bytes(data), timeout=30,
+                              headers={"Content-Type": "image/png"})
+            assert r.status_code in DOCUMENTED and r.json(), (r.status_code, r.text[:200])
+        assert server.workers() == workers, "a worker died"
