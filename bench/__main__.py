@@ -76,7 +76,8 @@ def head_to_head(shipped: Path, paths: list[Path], frame: bytes, server: Gunicor
     ours_worker = Ours(shipped, threads_worker)
     ours_full = Ours(shipped, CORES)
     exact = Ours(shipped, CORES, fast_decode=False)
-    torch_cases = Torch(ours_full.bundle.preprocess, ours_full.bundle.provenance.get("backbone", "resnet50"), CORES)
+    bundle = ours_full.bundle
+    torch_cases = Torch(bundle.preprocess, bundle.provenance.get("backbone", "resnet50"), CORES, len(bundle.classes))
     batch1 = ours_full.clf.prepare(frame)[0][None]
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
 

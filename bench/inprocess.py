@@ -50,12 +50,14 @@ class Torch:
     """PyTorch eager on CPU: the old project's way (ResNet50, squashed 224x224) and our
     backbone the same way, for the ratios. Imported only when torch is installed."""
 
-    def __init__(self, spec, backbone: str, threads: int):
-        import timm
+    def __init__(self, spec, backbone: str, threads: int, num_classes: int):
         import torch
         from PIL import Image
         from torchvision import models
         from torchvision import transforms as T
+
+        from training.models import build_model
+        from training.presets import eval_preset
 
         torch.set_num_threads(threads)
         self.torch, self.Image = torch, Image
@@ -63,13 +65,9 @@ class Torch:
         # The old project: aspect ratio squashed, ImageNet ResNet50, fp32 eager.
         self.old_transform = T.Compose([T.Resize((224, 224)), T.ToTensor(), imagenet])
         self.resnet50 = models.resnet50().eval()  # timing only: weights do not change cost
-        interpolation = T.InterpolationMode(spec.interpolation)
-        self.transform = T.Compose([T.Resize(spec.resize, interpolation=interpolation), T.CenterCrop(spec.crop),
-                                    T.ToTensor(), T.Normalize(spec.mean, spec.std)])
-        timm_name = {"efficientnet_lite0": "tf_efficientnet_lite0", "efficientnet_lite1": "tf_efficientnet_lite1",
-                     "efficientnet_lite2": "tf_efficientnet_lite2"}.get(backbone, backbone)
-        self.ours = timm.create_model(timm_name, num_classes=6).eval() if backbone != "resnet50" \
-            else models.resnet50(num_classes=6).eval()
+        # Our preprocessing and network as training builds them (timm's run-time padding).
+        self.transform = eval_preset(spec.resize, spec.crop, spec.mean, spec.std, spec.interpolation)
+        self.ours = build_model(backbone, num_classes, pretrained=False).eval()
 
     def decode(self, data: bytes):
         return self.Image.open(io.BytesIO(data)).convert("RGB")

@@ -5,7 +5,6 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from bench.serve import free_port
 from tests.conftest import ROOT, SAMPLES, SHIPPED
 
 
@@ -31,12 +31,6 @@ def instructions(path: Path) -> list[tuple[str, str]]:
 def exec_form(rest: str) -> list[str]:
     assert rest.startswith("["), f"use the exec form (JSON array), got: {rest}"
     return json.loads(rest)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_dockerfile_shape():
