@@ -77,7 +77,8 @@ def head_to_head(shipped: Path, paths: list[Path], frame: bytes, server: Gunicor
     ours_full = Ours(shipped, CORES)
     exact = Ours(shipped, CORES, fast_decode=False)
     bundle = ours_full.bundle
-    torch_cases = Torch(bundle.preprocess, bundle.provenance.get("backbone", "resnet50"), CORES, len(bundle.classes))
+    members = bundle.provenance.get("members") or [{"backbone": bundle.provenance.get("backbone", "resnet50")}]
+    torch_cases = Torch(bundle.preprocess, [m["backbone"] for m in members], CORES, len(bundle.classes))
     batch1 = ours_full.clf.prepare(frame)[0][None]
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
 

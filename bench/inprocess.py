@@ -50,7 +50,7 @@ class Torch:
     """PyTorch eager on CPU: the old project's way (ResNet50, squashed 224x224) and our
     backbone the same way, for the ratios. Imported only when torch is installed."""
 
-    def __init__(self, spec, backbone: str, threads: int, num_classes: int):
+    def __init__(self, spec, backbones: list[str], threads: int, num_classes: int):
         import torch
         from PIL import Image
         from torchvision import models
@@ -67,7 +67,8 @@ class Torch:
         self.resnet50 = models.resnet50().eval()  # timing only: weights do not change cost
         # Our preprocessing and network as training builds them (timm's run-time padding).
         self.transform = eval_preset(spec.resize, spec.crop, spec.mean, spec.std, spec.interpolation)
-        self.ours = build_model(backbone, num_classes, pretrained=False).eval()
+        # An ensemble bundle runs every member: time them all, as the ONNX graph does.
+        self.ours = [build_model(b, num_classes, pretrained=False).eval() for b in backbones]
 
     def decode(self, data: bytes):
         return self.Image.open(io.BytesIO(data)).convert("RGB")
@@ -92,5 +93,6 @@ class Torch:
         x = self.torch.from_numpy(batch)
         start = time.perf_counter()
         with self.torch.inference_mode():
-            self.ours(x)
+            for model in self.ours:
+                model(x)
         return {"total": _ms(start)}

@@ -1,7 +1,8 @@
-"""`python -m export CHECKPOINT --out models/NAME`: checkpoint to a shipped model bundle.
+"""`python -m export CHECKPOINT [CHECKPOINT ...] --out models/NAME`: checkpoints to a shipped bundle.
 
 Writes NAME.onnx + NAME.json (the variant that is shipped) and NAME-fp32 or NAME-int8
 (the other one, for the benchmark), after proving ONNX == PyTorch on validation images.
+Several checkpoints (same classes, normalisation and split) become one ensemble graph.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from training.data import read_manifest, split_of
 from training.report import classification_metrics
 from training.train import load_checkpoint
 
-from .onnx_export import OPSET, parity, static_same_padding, to_onnx
+from .onnx_export import OPSET, Ensemble, parity, static_same_padding, to_onnx
 from .quantize import quantize_int8
 
 log = logging.getLogger("export")
@@ -38,8 +39,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", type=Path, help="best.pt written by `python -m training fit`")
+    p.add_argument("checkpoints", type=Path, nargs="+", metavar="checkpoint",
+                   help="best.pt written by `python -m training fit`; several make one ensemble (mean probability)")
     p.add_argument("--out", type=Path, required=True, help="bundle path without suffix, e.g. models/ecosort")
+    p.add_argument("--image-size", type=int, help="serve at this input size instead of the training size "
+                   "(random resized crops show objects larger in training than a centre crop does)")
     p.add_argument("--data", type=Path, help="dataset folder (default: the one the checkpoint was trained on)")
     p.add_argument("--manifest", type=Path, help="split manifest (default: the checkpoint's)")
     p.add_argument("--parity-images", type=int, default=64, help="validation images for the parity check")
@@ -95,10 +99,32 @@ def evaluate_variant(path: Path, val, test, classes) -> tuple[dict, ort.Inferenc
     }, session
 
 
+def load_members(paths: list[Path], image_size: int | None) -> tuple[torch.nn.Module, list[dict], Preprocess]:
+    """One network, or an Ensemble of several that agree on everything the bundle states once."""
+    models, ckpts = zip(*(load_checkpoint(p) for p in paths))
+    first = ckpts[0]
+    for path, ckpt in zip(paths[1:], ckpts[1:]):
+        for key in ("classes", "manifest"):
+            if ckpt[key] != first[key]:
+                raise ValueError(f"{path} has {key} {ckpt[key]}, {paths[0]} has {first[key]}: not one ensemble")
+        same = {k: ckpt["preprocess"][k] == first["preprocess"][k] for k in ("mean", "std", "interpolation")}
+        if not all(same.values()):
+            raise ValueError(f"{path} normalises its input differently from {paths[0]}: not one ensemble")
+    raw = dict(first["preprocess"])
+    if image_size:  # keep the resize/crop ratio (ResNet: 256/224), change the size
+        raw.update(resize=round(raw["resize"] * image_size / raw["crop"]), crop=image_size)
+    spec = Preprocess(**{**raw, "mean": tuple(raw["mean"]), "std": tuple(raw["std"])})
+    model = models[0] if len(models) == 1 else Ensemble(list(models)).eval()
+    return model, list(ckpts), spec
+
+
 def main(args) -> int:
-    model, ckpt = load_checkpoint(args.checkpoint)
-    classes, spec = ckpt["classes"], Preprocess(**{**ckpt["preprocess"], "mean": tuple(ckpt["preprocess"]["mean"]),
-                                                     "std": tuple(ckpt["preprocess"]["std"])})
+    try:
+        model, ckpts, spec = load_members(args.checkpoints, args.image_size)
+    except (ValueError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 2
+    ckpt, classes = ckpts[0], ckpts[0]["classes"]
     data_root = args.data or Path(ckpt["data"])
     manifest_path = args.manifest or Path(ckpt["manifest"])
     manifest = read_manifest(manifest_path)
@@ -110,14 +136,15 @@ def main(args) -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     exported = copy.deepcopy(model)
-    swapped = static_same_padding(exported, spec.crop) if ckpt["backbone"] != "resnet50" else 0
+    swapped = static_same_padding(exported, spec.crop) if any(c["backbone"] != "resnet50" for c in ckpts) else 0
     proto = to_onnx(exported, work / "fp32.onnx", spec.crop)
     # For the record: the same network exported with timm's run-time padding.
     dynamic_nodes = len(to_onnx(model, work / "dynamic.onnx", spec.crop).graph.node) if swapped else None
     graph = {"nodes": len(proto.graph.node), "nodes_with_dynamic_padding": dynamic_nodes,
              "convs_made_static": swapped}
-    log.info("exported %s: %d nodes (%s with timm's dynamic padding; %d convs made static), opset %d",
-             ckpt["backbone"], len(proto.graph.node), dynamic_nodes, swapped, OPSET)
+    log.info("exported %s at %dx%d: %d nodes (%s with timm's dynamic padding; %d convs made static), opset %d",
+             "+".join(c["backbone"] for c in ckpts), spec.crop, spec.crop, len(proto.graph.node), dynamic_nodes,
+             swapped, OPSET)
 
     results, sessions = {}, {}
     results["fp32"], sessions["fp32"] = evaluate_variant(work / "fp32.onnx", val, test, classes)
@@ -155,7 +182,7 @@ def main(args) -> int:
             metrics={"precision": precision, **results[precision], "parity": check, "variants": summary,
                      "graph": graph,
                      "shipped": shipped, "decision": reason, "quantization": quant if precision == "int8" else None},
-            provenance=provenance(ckpt, args.checkpoint, manifest_path),
+            provenance=provenance(ckpts, args.checkpoints, manifest_path),
         )
         write_bundle(bundle, args.out.parent / f"{name}.json")
         log.info("wrote %s", args.out.parent / f"{name}.json")
@@ -175,15 +202,23 @@ def choose(results: dict, speed: dict, max_loss_points: float) -> tuple[str, str
     return "int8", f"int8 loses {loss:.2f} points (<= {max_loss_points}) and is {gain:.2f}x as fast"
 
 
-def provenance(ckpt: dict, checkpoint: Path, manifest: Path) -> dict:
+def member(ckpt: dict, checkpoint: Path) -> dict:
+    return {"backbone": ckpt["backbone"], "strategy": ckpt["strategy"], "epoch": ckpt["epoch"],
+            "trained_size": ckpt["preprocess"]["crop"], "checkpoint_sha256": sha256_file(checkpoint),
+            "training_args": ckpt.get("args", {})}
+
+
+def provenance(ckpts: list[dict], checkpoints: list[Path], manifest: Path) -> dict:
     try:
         manifest_rel = str(manifest.resolve().relative_to(ROOT))
     except ValueError:
         manifest_rel = str(manifest)
+    members = [member(c, p) for c, p in zip(ckpts, checkpoints)]
+    # One network: its fields at the top. Several: "backbone" names them all, "members" has each.
+    head = members[0] if len(members) == 1 else {
+        "backbone": "+".join(m["backbone"] for m in members), "ensemble": "mean probability", "members": members}
     return {
-        "backbone": ckpt["backbone"], "strategy": ckpt["strategy"], "epoch": ckpt["epoch"],
-        "data": Path(ckpt["data"]).name, "split_manifest": manifest_rel, "commit": git_commit(),
-        "checkpoint_sha256": sha256_file(checkpoint), "training_args": ckpt.get("args", {}),
+        **head, "data": Path(ckpts[0]["data"]).name, "split_manifest": manifest_rel, "commit": git_commit(),
         "versions": {"torch": torch.__version__, "onnxruntime": ort.__version__, "opset": OPSET},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,23 @@ class StaticPadConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(F.pad(x, self.pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class Ensemble(nn.Module):
+    """Several networks as one graph: the mean of their probabilities, returned as its log.
+
+    softmax(log mean p) is mean p again, so the server's softmax-with-temperature needs no
+    special case; averaging probabilities rather than raw logits keeps one over-confident
+    member from outvoting the others.
+    """
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        log_probs = torch.stack([m(image).log_softmax(1) for m in self.members])
+        return torch.logsumexp(log_probs, 0) - math.log(len(self.members))
 
 
 def _same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:

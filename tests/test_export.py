@@ -13,7 +13,8 @@ from tests.conftest import SAMPLES, fit
 
 
 def export(checkpoint, out, *extra):
-    return main(get_args_parser().parse_args([str(checkpoint), "--out", str(out), "--limit", "12",
+    checkpoints = checkpoint if isinstance(checkpoint, list) else [checkpoint]
+    return main(get_args_parser().parse_args([*map(str, checkpoints), "--out", str(out), "--limit", "12",
                                               "--calibration-images", "8", *extra]))
 
 
@@ -83,3 +84,47 @@ def test_parity_failure_exits_nonzero_and_says_by_how_much(fitted, tmp_path, cap
         assert export(run / "best.pt", tmp_path / "x", "--no-int8", "--tolerance", "1e-12") == 1
     assert "parity FAILED" in caplog.text and "exceeds 1.0e-12 by" in caplog.text
     assert not (tmp_path / "x.json").exists()
+
+
+@pytest.fixture(scope="module")
+def second_member(fitted, dataset, tmp_path_factory):
+    """Another network on the same split, as a second ensemble member."""
+    run, _ = fitted
+    out = tmp_path_factory.mktemp("run2")
+    fit(dataset, out, "--manifest", str(run / "split.json"), "--seed", "3", "--max-steps", "2")
+    return out / "best.pt"
+
+
+def test_ensemble_is_one_graph_of_mean_probabilities(fitted, second_member, tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from training.train import load_checkpoint
+
+    run, _ = fitted
+    assert export([run / "best.pt", second_member], tmp_path / "ens", "--no-int8", "--image-size", "72") == 0
+    bundle = load_bundle(tmp_path / "ens.json")
+    assert bundle.input.shape == (None, 3, 72, 72) and (bundle.preprocess.resize, bundle.preprocess.crop) == (72, 72)
+    assert [m["backbone"] for m in bundle.provenance["members"]] == ["efficientnet_lite0"] * 2
+    assert bundle.metrics["parity"]["max_abs_logit_diff"] <= 1e-4
+    image = np.random.default_rng(0).normal(size=(3, 3, 72, 72)).astype(np.float32)
+    with torch.no_grad():
+        members = [load_checkpoint(p)[0] for p in (run / "best.pt", second_member)]
+        probs = torch.stack([m(torch.from_numpy(image)).softmax(1) for m in members]).numpy()
+    logits = ort.InferenceSession(str(bundle.onnx_path)).run(None, {"image": image})[0]
+    got = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    assert np.abs(got - probs.mean(0)).max() < 1e-5
+    assert np.abs(probs[0] - probs[1]).max() > 1e-3  # two different members, or the test proves nothing
+
+
+def test_ensemble_of_different_class_lists_is_refused(fitted, tmp_path, caplog):
+    import torch
+
+    run, _ = fitted
+    other = torch.load(run / "best.pt", map_location="cpu", weights_only=False)
+    other["classes"] = list(reversed(other["classes"]))
+    torch.save(other, tmp_path / "other.pt")
+    with caplog.at_level(logging.ERROR, logger="export"):
+        assert export([run / "best.pt", tmp_path / "other.pt"], tmp_path / "x", "--no-int8") == 2
+    assert "not one ensemble" in caplog.text and not (tmp_path / "x.json").exists()
