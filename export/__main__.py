@@ -26,7 +26,7 @@ from server.runtime import session_options
 from training.calibration import fit_temperature
 from training.constants import UNCERTAIN_BELOW
 from training.data import read_manifest, split_of
-from training.report import classification_metrics
+from training.report import classification_metrics, write_report
 from training.train import load_checkpoint
 
 from .onnx_export import OPSET, Ensemble, parity, static_same_padding, to_onnx
@@ -53,6 +53,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-int8", action="store_true", help="fp32 only")
     p.add_argument("--uncertain-below", type=float, default=UNCERTAIN_BELOW)
     p.add_argument("--limit", type=int, default=0, help="evaluate on at most N images per split (tests)")
+    p.add_argument("--report", type=Path, help="also write the shipped variant's report (summary, per-class "
+                   "table, confusion matrix JSON + PNG) to this folder")
     return p
 
 
@@ -186,6 +188,11 @@ def main(args) -> int:
         )
         write_bundle(bundle, args.out.parent / f"{name}.json")
         log.info("wrote %s", args.out.parent / f"{name}.json")
+    if args.report:
+        write_report(args.report, f"{args.out.name} ({shipped})", {
+            "backbone": "+".join(c["backbone"] for c in ckpts), "strategy": "+".join(c["strategy"] for c in ckpts),
+            "best_epoch": "+".join(str(c["epoch"]) for c in ckpts), **results[shipped]}, classes)
+        log.info("report in %s", args.report)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

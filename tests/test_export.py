@@ -22,7 +22,7 @@ def export(checkpoint, out, *extra):
 def lite_bundle(fitted, tmp_path_factory):
     run, _ = fitted
     out = tmp_path_factory.mktemp("models") / "lite"
-    assert export(run / "best.pt", out) == 0
+    assert export(run / "best.pt", out, "--report", str(out.parent / "report")) == 0
     return out
 
 
@@ -30,8 +30,12 @@ def test_lite0_bundle_files_and_parity(lite_bundle):
     folder = lite_bundle.parent
     names = sorted(p.name for p in folder.iterdir())
     shipped = load_bundle(folder / "lite.json")
+    report = folder / "report"
+    assert sorted(p.name for p in report.iterdir()) == ["confusion.json", "confusion.png", "metrics.json",
+                                                         "summary.md"]
+    assert json.loads((report / "metrics.json").read_text())["test"] == shipped.metrics["test"]
     other = "lite-fp32" if shipped.metrics["precision"] == "int8" else "lite-int8"
-    assert names == sorted(["lite.json", "lite.onnx", f"{other}.json", f"{other}.onnx"])
+    assert names == sorted(["lite.json", "lite.onnx", f"{other}.json", f"{other}.onnx", "report"])
     fp32 = shipped if shipped.metrics["precision"] == "fp32" else load_bundle(folder / f"{other}.json")
     parity = fp32.metrics["parity"]
     assert parity["max_abs_logit_diff"] <= 1e-4 and parity["argmax_equal"] and parity["images"] > 0
