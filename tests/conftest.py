@@ -46,3 +46,12 @@ def fitted(dataset, tmp_path_factory):
     """A one-epoch EfficientNet-Lite0 fit on the generated set (seconds on CPU)."""
     out = tmp_path_factory.mktemp("run")
     return out, fit(dataset, out)
+
+
+@pytest.fixture(scope="session")
+def second_member(fitted, dataset, tmp_path_factory) -> Path:
+    """Another network on the same split, as a second ensemble member."""
+    run, _ = fitted
+    out = tmp_path_factory.mktemp("run2")
+    fit(dataset, out, "--manifest", str(run / "split.json"), "--seed", "3", "--max-steps", "2")
+    return out / "best.pt"

@@ -90,15 +90,6 @@ def test_parity_failure_exits_nonzero_and_says_by_how_much(fitted, tmp_path, cap
     assert not (tmp_path / "x.json").exists()
 
 
-@pytest.fixture(scope="module")
-def second_member(fitted, dataset, tmp_path_factory):
-    """Another network on the same split, as a second ensemble member."""
-    run, _ = fitted
-    out = tmp_path_factory.mktemp("run2")
-    fit(dataset, out, "--manifest", str(run / "split.json"), "--seed", "3", "--max-steps", "2")
-    return out / "best.pt"
-
-
 def test_ensemble_is_one_graph_of_mean_probabilities(fitted, second_member, tmp_path):
     import numpy as np
     import onnxruntime as ort

@@ -134,3 +134,36 @@ def test_init_from_and_ema(fitted, dataset, tmp_path):
     r = subprocess.run([sys.executable, "-m", "training", "fit", "--data", str(dataset), "--out", str(tmp_path / "x"),
                         "--backbone", "resnet50", "--init-from", str(run / "best.pt")], capture_output=True, text=True)
     assert r.returncode == 2 and "not this run's" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_compare_table_and_ensemble_rule(fitted, second_member, dataset, tmp_path):
+    from training import compare
+    from training.__main__ import cli
+
+    run, _ = fitted
+    assert cli(["compare", str(run / "best.pt"), str(second_member), "--data", str(dataset),
+                "--sizes", "64,72", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "compare.json").read_text())
+    assert [(r["model"], r["size"]) for r in rows] == [
+        (str(run / "best.pt"), 64), (str(second_member), 64), ("ensemble of all", 64),
+        (str(run / "best.pt"), 72), (str(second_member), 72), ("ensemble of all", 72)]
+    manifest = data.read_manifest(run / "split.json")
+    assert all(r[s]["n"] == len(data.split_of(manifest, s)) for r in rows for s in ("val", "test"))
+    assert len((tmp_path / "compare.md").read_text().splitlines()) == 2 + len(rows)
+    # A network averaged with itself is that network: the ensemble row is a mean, not a vote.
+    alone, doubled = compare.compare([run / "best.pt", run / "best.pt"], dataset, [64])
+    assert doubled["model"] == "ensemble of all" and doubled["val"] == alone["val"]
+
+
+def test_compare_refuses_checkpoints_of_other_labels_or_missing(fitted, dataset, tmp_path, caplog):
+    from training.__main__ import cli
+
+    run, _ = fitted
+    other = torch.load(run / "best.pt", map_location="cpu", weights_only=False)
+    other["classes"] = list(reversed(other["classes"]))
+    torch.save(other, tmp_path / "other.pt")
+    with caplog.at_level(logging.ERROR, logger="training"):
+        assert cli(["compare", str(run / "best.pt"), str(tmp_path / "other.pt"), "--data", str(dataset),
+                    "--sizes", "64"]) == 2
+        assert cli(["compare", str(tmp_path / "missing.pt"), "--data", str(dataset), "--sizes", "64"]) == 2
+    assert "has classes" in caplog.text and "missing.pt" in caplog.text

@@ -1,4 +1,4 @@
-"""`python -m training {split,fit,evaluate} --help`."""
+"""`python -m training {split,fit,evaluate,compare} --help`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import data
+from . import compare, data
 from .train import calibrate_and_report, get_args_parser, main
 
 
@@ -25,6 +25,13 @@ def cli(argv=None) -> int:
     ev.add_argument("checkpoint", type=Path)
     ev.add_argument("--data", type=Path, required=True)
     ev.set_defaults(run=lambda a: calibrate_and_report(a.checkpoint, a.data))
+    cmp = sub.add_parser("compare", help="checkpoints alone and as one ensemble, at several input sizes")
+    cmp.add_argument("checkpoints", type=Path, nargs="+")
+    cmp.add_argument("--data", type=Path, required=True)
+    cmp.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], required=True,
+                     help="input sizes, comma-separated, e.g. 260,296")
+    cmp.add_argument("--out", type=Path, help="folder for compare.md and compare.json")
+    cmp.set_defaults(run=lambda a: compare.run(a.checkpoints, a.data, a.sizes, a.out))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -1,0 +1,94 @@
+"""`python -m training compare`: checkpoints alone and as one ensemble, at several input sizes.
+
+The table that picks what `python -m export` ships: the choice is made on validation
+accuracy; the test columns are printed beside it for the record, not for choosing.
+An ensemble here is the mean of the members' probabilities, as export's graph computes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from . import data, presets
+from .engine import predict
+from .train import load_checkpoint
+
+log = logging.getLogger(__name__)
+SPLITS = ("val", "test")
+
+
+def probabilities(checkpoint: Path, data_root: Path, sizes: list[int]) -> dict:
+    """{(size, split): (probabilities, targets)} for one checkpoint."""
+    model, ckpt = load_checkpoint(checkpoint)
+    manifest = data.read_manifest(ckpt["manifest"])
+    out = {}
+    for size in sizes:
+        spec = {**ckpt["preprocess"], "crop": size,
+                "resize": round(ckpt["preprocess"]["resize"] * size / ckpt["preprocess"]["crop"])}
+        for split in SPLITS:
+            images = data.ImageList(data_root, data.split_of(manifest, split), presets.eval_preset(**spec))
+            logits, targets = predict(model, DataLoader(images, batch_size=32, num_workers=1), torch.device("cpu"))
+            out[size, split] = logits.softmax(1), targets
+    return out
+
+
+def scores(probs: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict:
+    pred = probs.argmax(1)
+    recall = {c: (pred[targets == i] == i).float().mean().item() for i, c in enumerate(classes)}
+    worst = min(recall, key=recall.get)
+    return {"accuracy": (pred == targets).float().mean().item(), "n": len(targets),
+            "lowest_recall": recall[worst], "lowest_recall_class": worst}
+
+
+def same_split(checkpoints: list[Path]) -> list[str]:
+    """Classes shared by every checkpoint; rows of different splits or labels would not compare."""
+    first = load_checkpoint(checkpoints[0])[1]
+    for path in checkpoints[1:]:
+        ckpt = load_checkpoint(path)[1]
+        for key in ("classes", "manifest"):
+            if ckpt[key] != first[key]:
+                raise ValueError(f"{path} has {key} {ckpt[key]}, {checkpoints[0]} has {first[key]}")
+    return first["classes"]
+
+
+def compare(checkpoints: list[Path], data_root: Path, sizes: list[int]) -> list[dict]:
+    classes = same_split(checkpoints)
+    each = {p: probabilities(p, data_root, sizes) for p in checkpoints}
+    rows = []
+    for size in sizes:
+        candidates = {str(p): [p] for p in checkpoints}
+        if len(checkpoints) > 1:
+            candidates["ensemble of all"] = checkpoints
+        for name, members in candidates.items():
+            row = {"model": name, "size": size}
+            for split in SPLITS:
+                mean = torch.stack([each[p][size, split][0] for p in members]).mean(0)
+                row[split] = scores(mean, each[members[0]][size, split][1], classes)
+            rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    def pct(s: dict) -> str:
+        return f"{100 * s['accuracy']:.2f}% | {100 * s['lowest_recall']:.1f}% ({s['lowest_recall_class']})"
+
+    lines = ["| model | input | val top-1 | val lowest recall | test top-1 | test lowest recall |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['model']} | {r['size']} | {pct(r['val'])} | {pct(r['test'])} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def run(checkpoints: list[Path], data_root: Path, sizes: list[int], out: Path | None) -> list[dict]:
+    rows = compare(checkpoints, data_root, sizes)
+    table = markdown(rows)
+    log.info("\n%s", table)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compare.json").write_text(json.dumps(rows, indent=1) + "\n")
+        (out / "compare.md").write_text(table)
+    return rows
