@@ -144,15 +144,16 @@ def test_compare_table_and_ensemble_rule(fitted, second_member, dataset, tmp_pat
     assert cli(["compare", str(run / "best.pt"), str(second_member), "--data", str(dataset),
                 "--sizes", "64,72", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "compare.json").read_text())
+    pair = f"{run / 'best.pt'} + {second_member}"
     assert [(r["model"], r["size"]) for r in rows] == [
-        (str(run / "best.pt"), 64), (str(second_member), 64), ("ensemble of all", 64),
-        (str(run / "best.pt"), 72), (str(second_member), 72), ("ensemble of all", 72)]
+        (str(run / "best.pt"), 64), (str(second_member), 64), (pair, 64),
+        (str(run / "best.pt"), 72), (str(second_member), 72), (pair, 72)]
     manifest = data.read_manifest(run / "split.json")
     assert all(r[s]["n"] == len(data.split_of(manifest, s)) for r in rows for s in ("val", "test"))
     assert len((tmp_path / "compare.md").read_text().splitlines()) == 2 + len(rows)
     # A network averaged with itself is that network: the ensemble row is a mean, not a vote.
     alone, doubled = compare.compare([run / "best.pt", run / "best.pt"], dataset, [64])
-    assert doubled["model"] == "ensemble of all" and doubled["val"] == alone["val"]
+    assert doubled["model"] == f"{run / 'best.pt'} + {run / 'best.pt'}" and doubled["val"] == alone["val"]
 
 
 def test_compare_refuses_checkpoints_of_other_labels_or_missing(fitted, dataset, tmp_path, caplog):

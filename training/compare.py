@@ -7,6 +7,7 @@ An ensemble here is the mean of the members' probabilities, as export's graph co
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -61,9 +62,9 @@ def compare(checkpoints: list[Path], data_root: Path, sizes: list[int]) -> list[
     each = {p: probabilities(p, data_root, sizes) for p in checkpoints}
     rows = []
     for size in sizes:
-        candidates = {str(p): [p] for p in checkpoints}
-        if len(checkpoints) > 1:
-            candidates["ensemble of all"] = checkpoints
+        # Every network alone and every ensemble of two or more of them.
+        candidates = {" + ".join(map(str, group)): list(group)
+                      for r in range(1, len(checkpoints) + 1) for group in itertools.combinations(checkpoints, r)}
         for name, members in candidates.items():
             row = {"model": name, "size": size}
             for split in SPLITS:
