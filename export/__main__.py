@@ -109,8 +109,7 @@ def load_members(paths: list[Path], image_size: int | None) -> tuple[torch.nn.Mo
         for key in ("classes", "manifest"):
             if ckpt[key] != first[key]:
                 raise ValueError(f"{path} has {key} {ckpt[key]}, {paths[0]} has {first[key]}: not one ensemble")
-        same = {k: ckpt["preprocess"][k] == first["preprocess"][k] for k in ("mean", "std", "interpolation")}
-        if not all(same.values()):
+        if any(ckpt["preprocess"][k] != first["preprocess"][k] for k in ("mean", "std", "interpolation")):
             raise ValueError(f"{path} normalises its input differently from {paths[0]}: not one ensemble")
     raw = dict(first["preprocess"])
     if image_size:  # keep the resize/crop ratio (ResNet: 256/224), change the size

@@ -113,12 +113,16 @@ def test_ensemble_is_one_graph_of_mean_probabilities(fitted, second_member, tmp_
     assert np.abs(probs[0] - probs[1]).max() > 1e-3  # two different members, or the test proves nothing
 
 
-def test_ensemble_of_different_class_lists_is_refused(fitted, tmp_path, caplog):
+@pytest.mark.parametrize("change", ["classes", "mean"])
+def test_ensemble_of_networks_that_disagree_is_refused(fitted, tmp_path, caplog, change):
     import torch
 
     run, _ = fitted
     other = torch.load(run / "best.pt", map_location="cpu", weights_only=False)
-    other["classes"] = list(reversed(other["classes"]))
+    if change == "classes":
+        other["classes"] = list(reversed(other["classes"]))
+    else:
+        other["preprocess"]["mean"] = [0.485, 0.456, 0.406]
     torch.save(other, tmp_path / "other.pt")
     with caplog.at_level(logging.ERROR, logger="export"):
         assert export([run / "best.pt", tmp_path / "other.pt"], tmp_path / "x", "--no-int8") == 2
