@@ -150,13 +150,22 @@ def load_bundle(path: str | Path, verify_sha256: bool = True) -> Bundle:
     except BundleError as exc:
         raise BundleError(f"model bundle {path}: {exc}") from None
     if verify_sha256:
-        if not bundle.onnx_path.is_file():
-            raise BundleError(f"model file missing: {bundle.onnx_path}")
-        actual = sha256_file(bundle.onnx_path)
-        if actual != bundle.sha256:
-            raise BundleError(f"model file {bundle.onnx_path} has sha256 {actual[:12]}..., "
-                              f"bundle says {bundle.sha256[:12]}...: refusing a model that is not the one shipped")
+        read_model(bundle)
     return bundle
+
+
+def read_model(bundle: Bundle) -> bytes:
+    """The ONNX file's bytes, refused unless they hash to the bundle's sha256. A session
+    built from these very bytes cannot serve a file swapped after the check."""
+    try:
+        data = bundle.onnx_path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        raise BundleError(f"model file missing: {bundle.onnx_path}") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != bundle.sha256:
+        raise BundleError(f"model file {bundle.onnx_path} has sha256 {actual[:12]}..., "
+                          f"bundle says {bundle.sha256[:12]}...: refusing a model that is not the one shipped")
+    return data
 
 
 def write_bundle(bundle: Bundle, json_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -10,7 +9,7 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-from .bundle import Bundle, BundleError
+from .bundle import Bundle, BundleError, read_model
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +34,7 @@ class Runtime:
     def __init__(self, bundle: Bundle, threads: int, spinning: bool = False, arena: bool = True):
         self.bundle = bundle
         self.ready = threading.Event()
-        data = bundle.onnx_path.read_bytes()
-        # Hash the very bytes the session is built from: a file swapped after the
-        # start-up check still cannot be served.
-        if hashlib.sha256(data).hexdigest() != bundle.sha256:
-            raise BundleError(f"model file {bundle.onnx_path} does not match the bundle's sha256")
+        data = read_model(bundle)
         try:
             self.session = ort.InferenceSession(data, session_options(threads, spinning, arena),
                                                 providers=["CPUExecutionProvider"])
