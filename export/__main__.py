@@ -26,8 +26,9 @@ from server.runtime import session_options
 from training.calibration import fit_temperature
 from training.constants import UNCERTAIN_BELOW
 from training.data import read_manifest, split_of
+from training.models import spec_at_size
 from training.report import classification_metrics, write_report
-from training.train import load_checkpoint
+from training.train import load_checkpoint, same_split
 
 from .onnx_export import OPSET, Ensemble, parity, static_same_padding, to_onnx
 from .quantize import quantize_int8
@@ -105,15 +106,14 @@ def load_members(paths: list[Path], image_size: int | None) -> tuple[torch.nn.Mo
     """One network, or an Ensemble of several that agree on everything the bundle states once."""
     models, ckpts = zip(*(load_checkpoint(p) for p in paths))
     first = ckpts[0]
+    try:
+        same_split(paths, ckpts)
+    except ValueError as exc:
+        raise ValueError(f"{exc}: not one ensemble") from None
     for path, ckpt in zip(paths[1:], ckpts[1:]):
-        for key in ("classes", "manifest"):
-            if ckpt[key] != first[key]:
-                raise ValueError(f"{path} has {key} {ckpt[key]}, {paths[0]} has {first[key]}: not one ensemble")
         if any(ckpt["preprocess"][k] != first["preprocess"][k] for k in ("mean", "std", "interpolation")):
             raise ValueError(f"{path} normalises its input differently from {paths[0]}: not one ensemble")
-    raw = dict(first["preprocess"])
-    if image_size:  # keep the resize/crop ratio (ResNet: 256/224), change the size
-        raw.update(resize=round(raw["resize"] * image_size / raw["crop"]), crop=image_size)
+    raw = spec_at_size(first["preprocess"], image_size) if image_size else first["preprocess"]
     spec = Preprocess(**{**raw, "mean": tuple(raw["mean"]), "std": tuple(raw["std"])})
     model = models[0] if len(models) == 1 else Ensemble(list(models)).eval()
     return model, list(ckpts), spec

@@ -17,22 +17,21 @@ from torch.utils.data import DataLoader
 
 from . import data, presets
 from .engine import predict
-from .train import load_checkpoint
+from .models import spec_at_size
+from .train import load_checkpoint, same_split
 
 log = logging.getLogger(__name__)
 SPLITS = ("val", "test")
 
 
-def probabilities(checkpoint: Path, data_root: Path, sizes: list[int]) -> dict:
-    """{(size, split): (probabilities, targets)} for one checkpoint."""
-    model, ckpt = load_checkpoint(checkpoint)
+def probabilities(model: torch.nn.Module, ckpt: dict, data_root: Path, sizes: list[int]) -> dict:
+    """{(size, split): (probabilities, targets)} for one network."""
     manifest = data.read_manifest(ckpt["manifest"])
     out = {}
     for size in sizes:
-        spec = {**ckpt["preprocess"], "crop": size,
-                "resize": round(ckpt["preprocess"]["resize"] * size / ckpt["preprocess"]["crop"])}
+        tf = presets.eval_preset(**spec_at_size(ckpt["preprocess"], size))
         for split in SPLITS:
-            images = data.ImageList(data_root, data.split_of(manifest, split), presets.eval_preset(**spec))
+            images = data.ImageList(data_root, data.split_of(manifest, split), tf)
             logits, targets = predict(model, DataLoader(images, batch_size=32, num_workers=1), torch.device("cpu"))
             out[size, split] = logits.softmax(1), targets
     return out
@@ -46,20 +45,11 @@ def scores(probs: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> di
             "lowest_recall": recall[worst], "lowest_recall_class": worst}
 
 
-def same_split(checkpoints: list[Path]) -> list[str]:
-    """Classes shared by every checkpoint; rows of different splits or labels would not compare."""
-    first = load_checkpoint(checkpoints[0])[1]
-    for path in checkpoints[1:]:
-        ckpt = load_checkpoint(path)[1]
-        for key in ("classes", "manifest"):
-            if ckpt[key] != first[key]:
-                raise ValueError(f"{path} has {key} {ckpt[key]}, {checkpoints[0]} has {first[key]}")
-    return first["classes"]
-
-
 def compare(checkpoints: list[Path], data_root: Path, sizes: list[int]) -> list[dict]:
-    classes = same_split(checkpoints)
-    each = {p: probabilities(p, data_root, sizes) for p in checkpoints}
+    loaded = {p: load_checkpoint(p) for p in checkpoints}  # each file once, even if named twice
+    same_split(checkpoints, [loaded[p][1] for p in checkpoints])
+    classes = loaded[checkpoints[0]][1]["classes"]
+    each = {p: probabilities(model, ckpt, data_root, sizes) for p, (model, ckpt) in loaded.items()}
     rows = []
     for size in sizes:
         # Every network alone and every ensemble of two or more of them.

@@ -34,6 +34,11 @@ def preprocess_spec(backbone: str) -> dict:
             "mean": list(mean), "std": list(std)}
 
 
+def spec_at_size(spec: dict, size: int) -> dict:
+    """The same preprocessing for another input size, resize/crop ratio kept (ResNet: 256/224)."""
+    return {**spec, "resize": round(spec["resize"] * size / spec["crop"]), "crop": size}
+
+
 def _resnet50(num_classes: int, pretrained: bool, weights_file: Path | None) -> nn.Module:
     from torchvision.models import ResNet50_Weights, resnet50
 

@@ -250,6 +250,14 @@ def load_checkpoint(path: Path):
     return model.eval(), ckpt
 
 
+def same_split(paths: list[Path], ckpts: list[dict]) -> None:
+    """Checkpoints to be compared or combined must share classes and split manifest."""
+    for path, ckpt in zip(paths[1:], ckpts[1:]):
+        for key in ("classes", "manifest"):
+            if ckpt[key] != ckpts[0][key]:
+                raise ValueError(f"{path} has {key} {ckpt[key]}, {paths[0]} has {ckpts[0][key]}")
+
+
 def calibrate_and_report(checkpoint: Path, data_root: Path, loaders=None, device=torch.device("cpu")) -> dict:
     """Fit the temperature on val, measure test, store both in the checkpoint and the report."""
     model, ckpt = load_checkpoint(checkpoint)
