@@ -168,3 +168,33 @@ def test_compare_refuses_checkpoints_of_other_labels_or_missing(fitted, dataset,
                     "--sizes", "64"]) == 2
         assert cli(["compare", str(tmp_path / "missing.pt"), "--data", str(dataset), "--sizes", "64"]) == 2
     assert "has classes" in caplog.text and "missing.pt" in caplog.text
+
+
+def test_no_report_trains_without_the_test_images(fitted, dataset, tmp_path):
+    """A GPU box can train with the test split kept off it; evaluate reports later where it is."""
+    import shutil
+
+    from tests.conftest import fit
+    from training import data
+    from training.train import calibrate_and_report
+
+    run, _ = fitted
+    manifest = data.read_manifest(run / "split.json")
+    remote = tmp_path / "remote"
+    for item in manifest["items"]:
+        if item["split"] != "test":
+            (remote / item["path"]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(dataset / item["path"], remote / item["path"])
+    result = fit(remote, tmp_path / "r", "--manifest", str(run / "split.json"), "--max-steps", "2", "--no-report")
+    assert set(result) == {"best_epoch", "val"} and not (tmp_path / "r" / "report").exists()
+    metrics = calibrate_and_report(tmp_path / "r" / "best.pt", dataset)
+    assert metrics["test"]["n"] == sum(it["split"] == "test" for it in manifest["items"]) > 0
+
+
+def test_time_limit_stops_between_epochs(dataset, tmp_path):
+    from tests.conftest import fit
+
+    result = fit(dataset, tmp_path / "t", "--epochs", "5", "--max-steps", "1", "--time-limit", "1e-6",
+                 "--no-report")
+    history = json.loads((tmp_path / "t" / "history.json").read_text())
+    assert len(history) == 1 and result["best_epoch"] == 0

@@ -58,6 +58,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--max-steps", type=int, default=0, help="stop each epoch after N steps (smoke tests)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
+    p.add_argument("--time-limit", type=float, default=0.0,
+                   help="minutes: start no epoch that would end past this (a lent GPU's budget); 0: none")
+    p.add_argument("--no-report", action="store_true",
+                   help="stop after training (best.pt, history.json); calibrate and report later with "
+                   "`python -m training evaluate`, e.g. when the test images stay off the training machine")
     return p
 
 
@@ -175,7 +180,7 @@ def main(args) -> dict:
     if args.max_steps:
         train_loader = _limit(train_loader, args.max_steps)
 
-    best, history, stale = None, [], 0
+    best, history, stale, started = None, [], 0, time.time()
     for epoch in range(args.epochs):
         if distributed:
             train_loader.sampler.set_epoch(epoch)
@@ -195,6 +200,9 @@ def main(args) -> dict:
                 stop = stale >= args.patience
                 if stop:
                     log.info("early stop: no better val accuracy for %d epochs", stale)
+            if not stop and epoch + 1 < args.epochs and over_budget(history, started, args.time_limit):
+                log.warning("time limit: stopping after epoch %d of %d (schedule not finished)", epoch, args.epochs)
+                stop = True
         if distributed:
             # All ranks leave together, or the others would wait in all-reduce forever.
             flag = [stop]
@@ -207,6 +215,8 @@ def main(args) -> dict:
     if rank != 0:
         return {}
     (args.out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    if args.no_report:
+        return {"best_epoch": best["epoch"], "val": best["val"]}
     return calibrate_and_report(args.out / "best.pt", args.data, eval_loaders, device)
 
 
@@ -226,7 +236,17 @@ class _limit:
             yield batch
 
 
+def over_budget(history: list[dict], started: float, minutes: float) -> bool:
+    """Would one more epoch, as long as the last one, end past the limit (0: no limit)?"""
+    if not minutes:
+        return False
+    last = history[-1]["train"]["seconds"]
+    return time.time() - started + last > 60 * minutes
+
+
 def save_checkpoint(path: Path, model, args, classes, spec, epoch: int, val: dict, **extra) -> None:
+    # Written beside and renamed: a run killed mid-save keeps its previous best.pt whole.
+    tmp = path.with_suffix(".tmp")
     torch.save({
         "model": {k: v.cpu() for k, v in model.state_dict().items()},
         "backbone": args.backbone,
@@ -239,7 +259,8 @@ def save_checkpoint(path: Path, model, args, classes, spec, epoch: int, val: dic
         "data": str(args.data),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if not callable(v)},
         **extra,
-    }, path)
+    }, tmp)
+    os.replace(tmp, path)
 
 
 def load_checkpoint(path: Path):
