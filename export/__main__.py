@@ -114,6 +114,12 @@ def load_members(paths: list[Path], image_size: int | None) -> tuple[torch.nn.Mo
         if any(ckpt["preprocess"][k] != first["preprocess"][k] for k in ("mean", "std", "interpolation")):
             raise ValueError(f"{path} normalises its input differently from {paths[0]}: not one ensemble")
     raw = spec_at_size(first["preprocess"], image_size) if image_size else first["preprocess"]
+    for path, ckpt in zip(paths[1:], ckpts[1:]):
+        # Members trained at other sizes are served at one; each must keep its own resize/crop ratio.
+        if spec_at_size(ckpt["preprocess"], raw["crop"])["resize"] != raw["resize"]:
+            raise ValueError(f"{path} resizes to {ckpt['preprocess']['resize']} for a {ckpt['preprocess']['crop']} "
+                             f"crop, {paths[0]} to {first['preprocess']['resize']} for {first['preprocess']['crop']}: "
+                             "not one ensemble")
     spec = Preprocess(**{**raw, "mean": tuple(raw["mean"]), "std": tuple(raw["std"])})
     model = models[0] if len(models) == 1 else Ensemble(list(models)).eval()
     return model, list(ckpts), spec

@@ -113,7 +113,7 @@ def test_ensemble_is_one_graph_of_mean_probabilities(fitted, second_member, tmp_
     assert np.abs(probs[0] - probs[1]).max() > 1e-3  # two different members, or the test proves nothing
 
 
-@pytest.mark.parametrize("change", ["classes", "mean"])
+@pytest.mark.parametrize("change", ["classes", "mean", "ratio"])
 def test_ensemble_of_networks_that_disagree_is_refused(fitted, tmp_path, caplog, change):
     import torch
 
@@ -121,8 +121,10 @@ def test_ensemble_of_networks_that_disagree_is_refused(fitted, tmp_path, caplog,
     other = torch.load(run / "best.pt", map_location="cpu", weights_only=False)
     if change == "classes":
         other["classes"] = list(reversed(other["classes"]))
-    else:
+    elif change == "mean":
         other["preprocess"]["mean"] = [0.485, 0.456, 0.406]
+    else:  # trained at another size is fine, another resize/crop ratio is not
+        other["preprocess"].update(resize=int(other["preprocess"]["crop"] * 1.5))
     torch.save(other, tmp_path / "other.pt")
     with caplog.at_level(logging.ERROR, logger="export"):
         assert export([run / "best.pt", tmp_path / "other.pt"], tmp_path / "x", "--no-int8") == 2

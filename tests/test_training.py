@@ -154,6 +154,10 @@ def test_compare_table_and_ensemble_rule(fitted, second_member, dataset, tmp_pat
     # A network averaged with itself is that network: the ensemble row is a mean, not a vote.
     alone, doubled = compare.compare([run / "best.pt", run / "best.pt"], dataset, [64])
     assert doubled["model"] == f"{run / 'best.pt'} + {run / 'best.pt'}" and doubled["val"] == alone["val"]
+    # --max-members bounds the ensembles tried: three networks, pairs at most -> 3 singles + 3 pairs.
+    three = [run / "best.pt", second_member, run / "best.pt"]
+    assert [len(r["model"].split(" + ")) for r in compare.compare(three, dataset, [64], max_members=2)] == \
+        [1, 1, 1, 2, 2, 2]
 
 
 def test_compare_refuses_checkpoints_of_other_labels_or_missing(fitted, dataset, tmp_path, caplog):

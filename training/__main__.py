@@ -31,7 +31,8 @@ def cli(argv=None) -> int:
     cmp.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], required=True,
                      help="input sizes, comma-separated, e.g. 260,296")
     cmp.add_argument("--out", type=Path, help="folder for compare.md and compare.json")
-    cmp.set_defaults(run=lambda a: compare.run(a.checkpoints, a.data, a.sizes, a.out))
+    cmp.add_argument("--max-members", type=int, default=0, help="largest ensemble to try (0: all of them)")
+    cmp.set_defaults(run=lambda a: compare.run(a.checkpoints, a.data, a.sizes, a.out, a.max_members))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

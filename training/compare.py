@@ -45,16 +45,18 @@ def scores(probs: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> di
             "lowest_recall": recall[worst], "lowest_recall_class": worst}
 
 
-def compare(checkpoints: list[Path], data_root: Path, sizes: list[int]) -> list[dict]:
+def compare(checkpoints: list[Path], data_root: Path, sizes: list[int], max_members: int = 0) -> list[dict]:
     loaded = {p: load_checkpoint(p) for p in checkpoints}  # each file once, even if named twice
     same_split(checkpoints, [loaded[p][1] for p in checkpoints])
     classes = loaded[checkpoints[0]][1]["classes"]
     each = {p: probabilities(model, ckpt, data_root, sizes) for p, (model, ckpt) in loaded.items()}
     rows = []
     for size in sizes:
-        # Every network alone and every ensemble of two or more of them.
+        # Every network alone and every ensemble of two or more of them (up to max_members:
+        # each member adds its full latency on the kiosk).
+        largest = min(max_members or len(checkpoints), len(checkpoints))
         candidates = {" + ".join(map(str, group)): list(group)
-                      for r in range(1, len(checkpoints) + 1) for group in itertools.combinations(checkpoints, r)}
+                      for r in range(1, largest + 1) for group in itertools.combinations(checkpoints, r)}
         for name, members in candidates.items():
             row = {"model": name, "size": size}
             for split in SPLITS:
@@ -74,8 +76,9 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(checkpoints: list[Path], data_root: Path, sizes: list[int], out: Path | None) -> list[dict]:
-    rows = compare(checkpoints, data_root, sizes)
+def run(checkpoints: list[Path], data_root: Path, sizes: list[int], out: Path | None,
+        max_members: int = 0) -> list[dict]:
+    rows = compare(checkpoints, data_root, sizes, max_members)
     table = markdown(rows)
     log.info("\n%s", table)
     if out:
