@@ -4,6 +4,7 @@ import json
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -155,7 +156,9 @@ def test_compare_table_and_ensemble_rule(fitted, second_member, dataset, tmp_pat
     alone, doubled = compare.compare([run / "best.pt", run / "best.pt"], dataset, [64])
     assert doubled["model"] == f"{run / 'best.pt'} + {run / 'best.pt'}" and doubled["val"] == alone["val"]
     # --max-members bounds the ensembles tried: three networks, pairs at most -> 3 singles + 3 pairs.
-    three = [run / "best.pt", second_member, run / "best.pt"]
+    import shutil
+
+    three = [run / "best.pt", second_member, Path(shutil.copy(run / "best.pt", tmp_path / "third.pt"))]
     assert [len(r["model"].split(" + ")) for r in compare.compare(three, dataset, [64], max_members=2)] == \
         [1, 1, 1, 2, 2, 2]
 
