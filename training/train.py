@@ -244,10 +244,15 @@ def over_budget(history: list[dict], started: float, minutes: float) -> bool:
     return time.time() - started + last > 60 * minutes
 
 
+def atomic_save(obj: dict, path: Path) -> None:
+    """Written beside and renamed: a run killed mid-save keeps its previous best.pt whole."""
+    tmp = Path(path).with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def save_checkpoint(path: Path, model, args, classes, spec, epoch: int, val: dict, **extra) -> None:
-    # Written beside and renamed: a run killed mid-save keeps its previous best.pt whole.
-    tmp = path.with_suffix(".tmp")
-    torch.save({
+    atomic_save({
         "model": {k: v.cpu() for k, v in model.state_dict().items()},
         "backbone": args.backbone,
         "strategy": args.strategy,
@@ -259,8 +264,7 @@ def save_checkpoint(path: Path, model, args, classes, spec, epoch: int, val: dic
         "data": str(args.data),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if not callable(v)},
         **extra,
-    }, tmp)
-    os.replace(tmp, path)
+    }, path)
 
 
 def load_checkpoint(path: Path):
@@ -301,7 +305,7 @@ def calibrate_and_report(checkpoint: Path, data_root: Path, loaders=None, device
         "manifest": ckpt["manifest"],
     }
     ckpt.update(temperature=temperature, metrics=metrics)
-    torch.save(ckpt, checkpoint)
+    atomic_save(ckpt, checkpoint)
     write_report(Path(checkpoint).parent / "report", Path(checkpoint).parent.name, metrics, classes)
     log.info("test accuracy %.4f, ECE %.4f -> %.4f (T=%.3f), report in %s (%.0fs)",
              metrics["test"]["accuracy"], metrics["test"]["ece_before"], metrics["test"]["ece_after"],
