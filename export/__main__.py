@@ -110,11 +110,10 @@ def load_members(paths: list[Path], image_size: int | None) -> tuple[torch.nn.Mo
         same_split(paths, ckpts)
     except ValueError as exc:
         raise ValueError(f"{exc}: not one ensemble") from None
+    raw = spec_at_size(first["preprocess"], image_size) if image_size else first["preprocess"]
     for path, ckpt in zip(paths[1:], ckpts[1:]):
         if any(ckpt["preprocess"][k] != first["preprocess"][k] for k in ("mean", "std", "interpolation")):
             raise ValueError(f"{path} normalises its input differently from {paths[0]}: not one ensemble")
-    raw = spec_at_size(first["preprocess"], image_size) if image_size else first["preprocess"]
-    for path, ckpt in zip(paths[1:], ckpts[1:]):
         # Members trained at other sizes are served at one; each must keep its own resize/crop ratio.
         if spec_at_size(ckpt["preprocess"], raw["crop"])["resize"] != raw["resize"]:
             raise ValueError(f"{path} resizes to {ckpt['preprocess']['resize']} for a {ckpt['preprocess']['crop']} "
@@ -132,6 +131,7 @@ def main(args) -> int:
         log.error("%s", exc)
         return 2
     ckpt, classes = ckpts[0], ckpts[0]["classes"]
+    backbones = "+".join(c["backbone"] for c in ckpts)
     data_root = args.data or Path(ckpt["data"])
     manifest_path = args.manifest or Path(ckpt["manifest"])
     manifest = read_manifest(manifest_path)
@@ -150,7 +150,7 @@ def main(args) -> int:
     graph = {"nodes": len(proto.graph.node), "nodes_with_dynamic_padding": dynamic_nodes,
              "convs_made_static": swapped}
     log.info("exported %s at %dx%d: %d nodes (%s with timm's dynamic padding; %d convs made static), opset %d",
-             "+".join(c["backbone"] for c in ckpts), spec.crop, spec.crop, len(proto.graph.node), dynamic_nodes,
+             backbones, spec.crop, spec.crop, len(proto.graph.node), dynamic_nodes,
              swapped, OPSET)
 
     results, sessions = {}, {}
@@ -195,7 +195,7 @@ def main(args) -> int:
         log.info("wrote %s", args.out.parent / f"{name}.json")
     if args.report:
         write_report(args.report, f"{args.out.name} ({shipped})", {
-            "backbone": "+".join(c["backbone"] for c in ckpts), "strategy": "+".join(c["strategy"] for c in ckpts),
+            "backbone": backbones, "strategy": "+".join(c["strategy"] for c in ckpts),
             "best_epoch": "+".join(str(c["epoch"]) for c in ckpts), **results[shipped]}, classes)
         log.info("report in %s", args.report)
     shutil.rmtree(work, ignore_errors=True)

@@ -50,13 +50,13 @@ def compare(checkpoints: list[Path], data_root: Path, sizes: list[int], max_memb
     same_split(checkpoints, [loaded[p][1] for p in checkpoints])
     classes = loaded[checkpoints[0]][1]["classes"]
     each = {p: probabilities(model, ckpt, data_root, sizes) for p, (model, ckpt) in loaded.items()}
+    # Every network alone and every ensemble of two or more of them (up to max_members:
+    # each member adds its full latency on the kiosk).
+    largest = min(max_members or len(checkpoints), len(checkpoints))
+    candidates = {" + ".join(map(str, group)): list(group)
+                  for r in range(1, largest + 1) for group in itertools.combinations(checkpoints, r)}
     rows = []
     for size in sizes:
-        # Every network alone and every ensemble of two or more of them (up to max_members:
-        # each member adds its full latency on the kiosk).
-        largest = min(max_members or len(checkpoints), len(checkpoints))
-        candidates = {" + ".join(map(str, group)): list(group)
-                      for r in range(1, largest + 1) for group in itertools.combinations(checkpoints, r)}
         for name, members in candidates.items():
             row = {"model": name, "size": size}
             for split in SPLITS:
