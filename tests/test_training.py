@@ -137,6 +137,20 @@ def test_init_from_and_ema(fitted, dataset, tmp_path):
     assert r.returncode == 2 and "not this run's" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_progressive_resize_second_stage(fitted, dataset, tmp_path):
+    """The CPU recipe's stage B: start from a checkpoint trained at another size; the new size travels."""
+    from tests.conftest import fit
+
+    run, _ = fitted
+    fit(dataset, tmp_path / "b", "--manifest", str(run / "split.json"), "--init-from", str(run / "best.pt"),
+        "--image-size", "72", "--max-steps", "2", "--no-report")
+    before = torch.load(run / "best.pt", map_location="cpu", weights_only=False)
+    after = torch.load(tmp_path / "b" / "best.pt", map_location="cpu", weights_only=False)
+    assert (before["preprocess"]["crop"], after["preprocess"]["crop"]) == (64, 72)
+    assert after["args"]["init_from"] == str(run / "best.pt")
+    assert not torch.equal(before["model"]["classifier.weight"], after["model"]["classifier.weight"])
+
+
 def test_compare_table_and_ensemble_rule(fitted, second_member, dataset, tmp_path):
     from training import compare
     from training.__main__ import cli
