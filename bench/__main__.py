@@ -1,4 +1,4 @@
-"""`python -m bench {inprocess,http,all} --help`: latency stage by stage, over HTTP, and
+"""`python -m bench {all,inprocess,load,fastpath,overhead,http} --help`: latency stage by stage, over HTTP, and
 against the old project's pipeline; JSON + Markdown out. Ratios are measured in one run,
 interleaved, so drift on a shared machine does not decide them."""
 
@@ -130,6 +130,53 @@ def serving_checks(model: Path, frame: bytes, requests: int, concurrency: int = 
     return {"cold_start_s": cold, "load": loaded, "same_workers": sorted(rss_before) == sorted(rss_after),
             "rss_mb_before": {str(k): v / 2**20 for k, v in rss_before.items()},
             "rss_mb_after": {str(k): v / 2**20 for k, v in rss_after.items()}, "rss_growth": growth}
+
+
+def overhead(shipped: Path, frame: bytes, runs: int) -> dict:
+    """Where HTTP's extra time goes: the same frame over HTTP (client clock and the server's own
+    pipeline clock from `timing_ms`), in process with a worker's threads, and a bare GET /healthz,
+    interleaved round by round on one keep-alive connection."""
+    import http.client
+
+    env = Gunicorn(shipped).env
+    workers = int(env.get("WEB_CONCURRENCY") or 2)
+    ours = Ours(shipped, max(1, CORES // workers))
+    with Gunicorn(shipped) as server:
+        server.wait_workers(workers)
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+
+        def call(method: str, path: str, body: bytes | None = None) -> tuple[float, dict]:
+            start = time.perf_counter()
+            conn.request(method, path, body=body, headers={"Content-Type": "image/jpeg"} if body else {})
+            response = conn.getresponse()
+            answer = json.loads(response.read())
+            assert response.status == 200, (response.status, answer)
+            return (time.perf_counter() - start) * 1000, answer
+
+        def classify() -> dict:
+            client, answer = call("POST", "/v1/classify", frame)
+            return {"client": client, "server_pipeline": answer["timing_ms"]["total"]}
+
+        cases = {"http_classify": classify, "inprocess_worker_threads": lambda: ours.run(frame),
+                 "http_healthz": lambda: {"client": call("GET", "/healthz")[0]}}
+        with tqdm(total=runs + 5, desc="overhead", leave=False) as bar:
+            times = interleave(cases, runs, 5, 0.02, bar)
+        conn.close()
+    p50 = {f"{case}.{stage}": summary(v)["p50"] for case, stages in times.items() for stage, v in stages.items()}
+    http_p50, pipeline, inproc = p50["http_classify.client"], p50["http_classify.server_pipeline"], \
+        p50["inprocess_worker_threads.total"]
+    return {"workers": workers, "frame_bytes": len(frame), "p50_ms": p50, "split_ms": {
+        "http minus in-process (the target)": http_p50 - inproc,
+        "server pipeline minus in-process (same code, another process)": pipeline - inproc,
+        "http minus server pipeline (socket, gunicorn, Flask, upload, JSON)": http_p50 - pipeline,
+        "bare round trip (GET /healthz)": p50["http_healthz.client"]}}
+
+
+def cmd_overhead(args) -> dict:
+    shipped = args.models / "ecosort.json"
+    inputs = load_inputs(args.inputs)
+    frame = inputs.get("1920x1080") or next(iter(inputs.values()))
+    return {"environment": environment(1), "overhead": overhead(shipped, frame, args.runs)}
 
 
 def defaults_matrix(shipped: Path, frame: bytes, requests: int) -> list[dict]:
@@ -266,6 +313,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                     default=[(1920, 1080), (4032, 3024)])
     fp.add_argument("--limit", type=int, default=0)
     fp.set_defaults(run=cmd_fastpath)
+    o = sub.add_parser("overhead", parents=[common], help="split HTTP's extra time against in-process")
+    o.add_argument("--runs", type=int, default=100)
+    o.set_defaults(run=cmd_overhead)
     h = sub.add_parser("http", parents=[common], help="load a running server (loopback only)")
     h.add_argument("--url", default="http://127.0.0.1:8000")
     h.add_argument("--requests", type=int, default=500)

@@ -100,6 +100,14 @@ def markdown(results: dict, command: str) -> str:
             lines.append(f"| {name} | {_fmt(r['max_pixel_deviation'], 1)} | {_fmt(r['mean_pixel_deviation'], 2)} | "
                          f"{100 * r['accuracy_exact']:.2f}% | {100 * r['accuracy_fast']:.2f}% |")
         lines.append("")
+    if results.get("overhead"):
+        r = results["overhead"]
+        lines += [f"One 1920x1080 JPEG ({r['frame_bytes']} bytes), {r['workers']} workers, interleaved (p50 ms):", "",
+                  "| case.clock | p50 ms |", "| --- | --- |"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in r["p50_ms"].items()]
+        lines += ["", "| split | ms |", "| --- | --- |"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in r["split_ms"].items()]
+        lines.append("")
     if results.get("http"):
         r = results["http"]
         lat = r["latency_ms"] or {}

@@ -13,3 +13,17 @@ def test_soak_short(tiny_bundle):
     assert result["same_workers"], "a worker died under load"
     assert max(result["rss_growth"].values()) < 0.10, result["rss_growth"]
     assert result["cold_start_s"] < 10
+
+
+def test_overhead_split(tiny_bundle):
+    """`python -m bench overhead`: every clock present, and the split is the difference of its p50s."""
+    from bench.__main__ import overhead
+
+    r = overhead(tiny_bundle, camera_frame((640, 480)), runs=5)
+    p50, split = r["p50_ms"], r["split_ms"]
+    assert {"http_classify.client", "http_classify.server_pipeline", "inprocess_worker_threads.total",
+            "http_healthz.client"} <= set(p50)
+    assert 0 < p50["http_classify.server_pipeline"] < p50["http_classify.client"]  # the server's clock is inside
+    assert split["http minus in-process (the target)"] == \
+        p50["http_classify.client"] - p50["inprocess_worker_threads.total"]
+    assert split["bare round trip (GET /healthz)"] == p50["http_healthz.client"] > 0
