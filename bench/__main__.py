@@ -188,7 +188,11 @@ def defaults_matrix(shipped: Path, frame: bytes, requests: int) -> list[dict]:
         {"WEB_CONCURRENCY": "2", "ORT_THREADS": "2", "ORT_SPINNING": "0"},
         {"WEB_CONCURRENCY": "2", "ORT_THREADS": "2", "ORT_SPINNING": "1"},
         {"WEB_CONCURRENCY": "2", "ORT_THREADS": "1", "ORT_SPINNING": "0", "ORT_ARENA": "0"},
+        # Before ORT_PARALLEL_RUNS existed: up to GUNICORN_THREADS (4) session runs at once per worker.
+        {"WEB_CONCURRENCY": "2", "ORT_THREADS": "1", "ORT_SPINNING": "0", "ORT_PARALLEL_RUNS": "4"},
     ]
+    import psutil
+
     rows = []
     for env in tqdm(configs, desc="serving defaults", leave=False):
         with Gunicorn(shipped, **env) as server:
@@ -196,7 +200,8 @@ def defaults_matrix(shipped: Path, frame: bytes, requests: int) -> list[dict]:
             http.load(server.url, frame, 40, 4)
             c1 = http.load(server.url, frame, requests // 2, 1)
             c4 = http.load(server.url, frame, requests, 4)
-        rows.append({"env": env, "c1": c1, "c4": c4})
+            rss = max(psutil.Process(pid).memory_info().rss for pid in server.workers()) / 2**20
+        rows.append({"env": env, "c1": c1, "c4": c4, "rss_mb": rss})
     return rows
 
 

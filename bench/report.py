@@ -73,14 +73,14 @@ def markdown(results: dict, command: str) -> str:
         lines.append("")
     if results.get("defaults"):
         lines += ["Serving settings (gunicorn workers x onnxruntime threads), 1920x1080 JPEG over HTTP:", "",
-                  "| settings | c=1 p50 ms | c=1 p99 ms | c=4 p50 ms | c=4 images/s | errors |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+                  "| settings | c=1 p50 ms | c=1 p99 ms | c=4 p50 ms | c=4 images/s | errors | worker RSS MB (max) |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for r in results["defaults"]:
             name = ", ".join(f"{k}={v}" for k, v in r["env"].items())
             c1, c4 = r["c1"], r["c4"]
             lines.append(f"| {name} | {_fmt(c1['latency_ms']['p50'])} | {_fmt(c1['latency_ms']['p99'])} | "
                          f"{_fmt(c4['latency_ms']['p50'])} | {_fmt(c4['throughput'], 1)} | "
-                         f"{c1['errors'] + c4['errors']} |")
+                         f"{c1['errors'] + c4['errors']} | {_fmt(r.get('rss_mb'), 0)} |")
         lines.append("")
     if results.get("load"):
         r, lat = results["load"], results["load"]["latency_ms"] or {}

@@ -31,8 +31,10 @@ def session_options(threads: int, spinning: bool, arena: bool) -> ort.SessionOpt
 class Runtime:
     """The loaded model: verified bytes, a session, and the bundle's calibration."""
 
-    def __init__(self, bundle: Bundle, threads: int, spinning: bool = False, arena: bool = True):
+    def __init__(self, bundle: Bundle, threads: int, spinning: bool = False, arena: bool = True,
+                 parallel_runs: int = 1):
         self.bundle = bundle
+        self._runs = threading.BoundedSemaphore(parallel_runs)  # see Config.ort_parallel_runs
         self.ready = threading.Event()
         data = read_model(bundle)
         try:
@@ -69,7 +71,8 @@ class Runtime:
         return (time.perf_counter() - start) * 1000
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.bundle.input.name: batch})[0]
+        with self._runs:
+            return self.session.run(None, {self.bundle.input.name: batch})[0]
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated softmax: temperature fitted on the validation split at export."""

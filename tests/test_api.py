@@ -206,3 +206,43 @@ def test_overloaded_503(app):
     finally:
         for _ in held:
             gate.release()
+
+
+@pytest.mark.parametrize("parallel_runs", [1, 2])
+def test_session_runs_per_worker_are_bounded(tiny_bundle, parallel_runs):
+    """ORT_PARALLEL_RUNS: concurrent requests share one session, at most N runs at once (arena size)."""
+    import threading
+    import time
+
+    import numpy as np
+
+    app = create_app({"model": tiny_bundle, "ort_threads": 1, "ort_parallel_runs": parallel_runs})
+    runtime = app.extensions["ecosort"].runtime
+    session, lock, state = runtime.session, threading.Lock(), {"now": 0, "most": 0}
+
+    class Counting:  # the real session, with a count of the runs inside it at once
+        def run(self, *args):
+            with lock:
+                state["now"] += 1
+                state["most"] = max(state["most"], state["now"])
+            time.sleep(0.05)
+            try:
+                return session.run(*args)
+            finally:
+                with lock:
+                    state["now"] -= 1
+
+    runtime.session = Counting()
+    batch = np.zeros((1, *runtime.bundle.input.shape[1:]), np.float32)
+    threads = [threading.Thread(target=runtime.infer, args=(batch,)) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert state["most"] == parallel_runs
+
+
+def test_parallel_runs_must_be_positive(tiny_bundle):
+    from server.config import Config
+
+    assert Config.from_env({"ORT_PARALLEL_RUNS": "3"}).ort_parallel_runs == 3
+    with pytest.raises(ValueError, match="ORT_PARALLEL_RUNS must be at least 1"):
+        Config.from_env({"ORT_PARALLEL_RUNS": "0"})
