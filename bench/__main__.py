@@ -292,7 +292,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     common.add_argument("--inputs", type=Path, help="folder of images (default: generated camera frames)")
     common.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="JSON + Markdown folder")
     common.add_argument("--models", type=Path, default=ROOT / "models", help="folder of bundles")
-    a = sub.add_parser("all", parents=[common], help="everything the README table needs (~5 min)")
+    a = sub.add_parser("all", parents=[common], help="everything the README table needs (~8 min)")
     a.add_argument("--runs", type=int, default=60)
     a.add_argument("--requests", type=int, default=1000, help="requests for the RSS and concurrency checks")
     a.add_argument("--batch", type=int, default=8)
