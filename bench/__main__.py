@@ -27,6 +27,11 @@ log = logging.getLogger("bench")
 CORES = len(os.sched_getaffinity(0))
 
 
+def headline(inputs: dict[str, bytes]) -> bytes:
+    """The frame the ratio targets are measured on: 1920x1080 when there is one."""
+    return inputs.get("1920x1080") or next(iter(inputs.values()))
+
+
 def bundles(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.json") if not p.name.startswith("."))
 
@@ -119,7 +124,7 @@ def serving_checks(model: Path, frame: bytes, requests: int, concurrency: int = 
     server.start(wait=False)
     cold = server.wait_ready()
     try:
-        workers = server.wait_workers(int(server.env.get("WEB_CONCURRENCY") or 2))
+        workers = server.wait_workers(server.n_workers)
         http.load(server.url, frame, warmup, concurrency)  # arenas, allocator pools, kernels
         rss_before = {pid: psutil.Process(pid).memory_info().rss for pid in workers}
         loaded = http.load(server.url, frame, requests, concurrency, timeout_s=1800)
@@ -138,10 +143,10 @@ def overhead(shipped: Path, frame: bytes, runs: int) -> dict:
     interleaved round by round on one keep-alive connection."""
     import http.client
 
-    env = Gunicorn(shipped).env
-    workers = int(env.get("WEB_CONCURRENCY") or 2)
+    server = Gunicorn(shipped)
+    workers = server.n_workers
     ours = Ours(shipped, max(1, CORES // workers))
-    with Gunicorn(shipped) as server:
+    with server:
         server.wait_workers(workers)
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
 
@@ -174,9 +179,7 @@ def overhead(shipped: Path, frame: bytes, runs: int) -> dict:
 
 def cmd_overhead(args) -> dict:
     shipped = args.models / "ecosort.json"
-    inputs = load_inputs(args.inputs)
-    frame = inputs.get("1920x1080") or next(iter(inputs.values()))
-    return {"environment": environment(1), "overhead": overhead(shipped, frame, args.runs)}
+    return {"environment": environment(1), "overhead": overhead(shipped, headline(load_inputs(args.inputs)), args.runs)}
 
 
 def defaults_matrix(shipped: Path, frame: bytes, requests: int) -> list[dict]:
@@ -209,12 +212,12 @@ def cmd_all(args) -> dict:
     paths = bundles(args.models)
     shipped = args.models / "ecosort.json"
     inputs = load_inputs(args.inputs)
-    frame = inputs.get("1920x1080") or next(iter(inputs.values()))
-    env = Gunicorn(shipped).env
-    workers = int(env.get("WEB_CONCURRENCY") or 2)
+    frame = headline(inputs)
+    server = Gunicorn(shipped)
+    workers = server.n_workers
     threads_worker = max(1, CORES // workers)
     results: dict = {"environment": environment(threads_worker), "bundles": [p.stem for p in paths]}
-    with Gunicorn(shipped) as server:
+    with server:
         server.wait_workers(workers)
         results["head_to_head"] = head_to_head(shipped, paths, frame, server, threads_worker, args.runs)
     results["serving"] = serving_checks(shipped, frame, args.requests)  # 4 clients

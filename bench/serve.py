@@ -30,6 +30,11 @@ class Gunicorn:
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.proc: subprocess.Popen | None = None
 
+    @property
+    def n_workers(self) -> int:
+        """Workers this server is started with (gunicorn.conf.py's default on this 2-core box: 2)."""
+        return int(self.env.get("WEB_CONCURRENCY") or 2)
+
     def start(self, wait: bool = True) -> Gunicorn:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "server/gunicorn.conf.py", "server:create_app()"],
