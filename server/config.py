@@ -33,8 +33,8 @@ class Config:
     ort_spinning: bool = False
     ort_arena: bool = True
     # Session runs a worker does at once. Each concurrent run keeps its own activations in the
-    # arena (measured: a worker went from 206 to 362 MB under 4 clients with up to 4 at once,
-    # 217 MB with 1), and with cores // workers threads one run already fills the worker's share.
+    # arena (README "Speed": 366 MB a worker with 4 at once, 231 MB with 1), and with
+    # cores // workers threads one run already fills the worker's share.
     ort_parallel_runs: int = 1
     fast_decode: bool = True  # JPEG DCT-domain downscale for large frames (see README)
     max_inflight: int = 8  # per worker; more waiting requests are shed with 503
