@@ -20,19 +20,6 @@ fit m2 --seed 42 --workers 4 --image-size 296 &
 fit m3 --seed 43 --workers 4 --image-size 296 --ema 0.998 &
 wait
 grep -h "epoch\|limit\|Error\|error" runs/m*.log | cut -c 1-160 | tail -n 60
-python3 - <<'PY'
-import json, os, subprocess, torch
-rows = []
-for name in ("m1", "m2", "m3"):
-    path = f"runs/{name}/best.pt"
-    if os.path.exists(path):
-        c = torch.load(path, map_location="cpu", weights_only=False)
-        rows.append({"run": name, "epoch": c["epoch"], "val": c["val"]})
-rows.sort(key=lambda r: (r["val"]["acc"], -r["val"]["loss"]), reverse=True)
-print(json.dumps(rows, indent=1))
-json.dump(rows, open(os.environ["OUT"] + "/ranking.json", "w"), indent=1)
-for r in rows[:3]:
-    subprocess.run(["split", "-b", "15M", f"runs/{r['run']}/best.pt", f"{os.environ['OUT']}/{r['run']}.pt.part-"], check=True)
-PY
+python3 training/reports/gpu_rank.py m1 m2 m3
 tar czf $OUT/logs.tgz runs/*.log runs/*/history.json 2>/dev/null
 ls -la $OUT

@@ -25,19 +25,6 @@ fit h3 --seed 23 --workers 3 --imbalance sampler &
 fit h4 --seed 24 --workers 3 --ema 0.99 &
 wait
 grep -h "epoch\|limit\|Error\|error" runs/g*.log | grep -v "^\s*$" | cut -c 1-160 | tail -n 150
-python3 - <<'PY'
-import json, os, subprocess, torch
-rows = []
-for name in ("h1", "h2", "h3", "h4"):
-    path = f"runs/{name}/best.pt"
-    if os.path.exists(path):
-        c = torch.load(path, map_location="cpu", weights_only=False)
-        rows.append({"run": name, "epoch": c["epoch"], "val": c["val"]})
-rows.sort(key=lambda r: (r["val"]["acc"], -r["val"]["loss"]), reverse=True)
-print(json.dumps(rows, indent=1))
-json.dump(rows, open(os.environ["OUT"] + "/ranking.json", "w"), indent=1)
-for r in rows[:3]:
-    subprocess.run(["split", "-b", "15M", f"runs/{r['run']}/best.pt", f"{os.environ['OUT']}/{r['run']}.pt.part-"], check=True)
-PY
+python3 training/reports/gpu_rank.py h1 h2 h3 h4
 tar czf $OUT/logs.tgz runs/*.log runs/*/history.json 2>/dev/null
 ls -la $OUT
