@@ -219,3 +219,36 @@ def test_time_limit_stops_between_epochs(dataset, tmp_path):
                  "--no-report")
     history = json.loads((tmp_path / "t" / "history.json").read_text())
     assert len(history) == 1 and result["best_epoch"] == 0
+
+
+def test_budget_replans_the_cosine_to_end_with_the_run(dataset, tmp_path, monkeypatch, caplog):
+    """--budget cuts the epoch count and the schedule with it: the learning rate reaches zero at the new end."""
+    import training.train as train
+    from tests.conftest import fit
+
+    paces = []
+
+    def three_fit(done, elapsed, pace, minutes):  # the wall clock of a tiny run says nothing; fix the answer
+        paces.append((done, pace, minutes))
+        return 3
+
+    monkeypatch.setattr(train, "epochs_that_fit", three_fit)
+    with caplog.at_level("INFO", logger="training.train"):
+        fit(dataset, tmp_path / "b", "--epochs", "6", "--max-steps", "1", "--budget", "60", "--no-report")
+    history = json.loads((tmp_path / "b" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert paces[0][0] == 2 and paces[0][1] > 0 and paces[0][2] == 60  # planned from epoch 1's pace, not epoch 0's
+    assert history[-1]["train"]["lr"] == pytest.approx(0.0, abs=1e-12) and history[-2]["train"]["lr"] > 1e-5
+    assert "budget: 3 epochs fit in 60 minutes" in caplog.text
+
+
+def test_epochs_that_fit_and_the_schedule():
+    from training.train import WarmupCosine, epochs_that_fit
+
+    assert epochs_that_fit(2, elapsed=120, pace=60, minutes=5) == 5
+    assert epochs_that_fit(2, elapsed=290, pace=60, minutes=5) == 2  # nothing more fits: never fewer than done
+    schedule = WarmupCosine(total=100, warmup=10)
+    assert schedule(0) == pytest.approx(0.1) and schedule(9) == pytest.approx(1.0)
+    assert schedule(55) == pytest.approx(0.5)
+    schedule.total = 50
+    assert schedule(50) == pytest.approx(0.0, abs=1e-12) and schedule(30) == pytest.approx(0.5)

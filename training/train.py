@@ -60,6 +60,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
     p.add_argument("--time-limit", type=float, default=0.0,
                    help="minutes: start no epoch that would end past this (a lent GPU's budget); 0: none")
+    p.add_argument("--budget", type=float, default=0.0,
+                   help="minutes the whole fit may take: from the second epoch on, --epochs is cut to what still "
+                   "fits at the last epoch's pace and the cosine schedule re-planned to end there (--time-limit "
+                   "only stops, leaving the schedule unfinished); 0: none")
     p.add_argument("--no-report", action="store_true",
                    help="stop after training (best.pt, history.json); calibrate and report later with "
                    "`python -m training evaluate`, e.g. when the test images stay off the training machine")
@@ -103,14 +107,23 @@ def make_optimizer(model, args, steps: int):
     groups = [{"params": [p for p in params if id(p) in head], "lr": args.lr},
               {"params": [p for p in params if id(p) not in head], "lr": args.lr * args.backbone_lr_scale}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=args.weight_decay)
-    warmup = max(1, steps // max(args.epochs, 1))  # one epoch of linear warm-up, then cosine to zero
+    schedule = WarmupCosine(steps, warmup=max(1, steps // max(args.epochs, 1)))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), schedule
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
 
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+class WarmupCosine:
+    """LR factor: one epoch of linear warm-up, then cosine to zero at step `total`.
+
+    `total` may be cut while training (--budget), so the decay still ends where the run does.
+    """
+
+    def __init__(self, total: int, warmup: int):
+        self.total, self.warmup = total, warmup
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))))
 
 
 def load_or_make_manifest(args) -> dict:
@@ -170,7 +183,7 @@ def main(args) -> dict:
                                           label_smoothing=args.label_smoothing)
     eval_criterion = torch.nn.CrossEntropyLoss()
     steps_per_epoch = min(len(train_loader), args.max_steps or len(train_loader))
-    optimizer, scheduler = make_optimizer(model, args, steps_per_epoch * args.epochs)
+    optimizer, scheduler, schedule = make_optimizer(model, args, steps_per_epoch * args.epochs)
     scaler = torch.amp.GradScaler() if device.type == "cuda" else None
     train_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     # The averaged weights are what gets validated and saved when --ema is on: on small
@@ -181,11 +194,15 @@ def main(args) -> dict:
         train_loader = _limit(train_loader, args.max_steps)
 
     best, history, stale, started = None, [], 0, time.time()
-    for epoch in range(args.epochs):
+    epochs, epoch = args.epochs, 0
+    hard_limit = min([m for m in (args.time_limit, args.budget) if m], default=0.0)
+    while epoch < epochs:
+        epoch_started = time.time()
         if distributed:
             train_loader.sampler.set_epoch(epoch)
         stats = train_one_epoch(train_model, criterion, optimizer, scheduler, train_loader, device, epoch,
                                 scaler, channels_last, show_progress=not args.no_progress and rank == 0, ema=ema)
+        stats["lr"] = scheduler.get_last_lr()[0]  # the head's, after the epoch's last step
         stop = False
         if rank == 0:
             val = evaluate(kept, eval_criterion, eval_loaders["val"], device, channels_last)
@@ -200,16 +217,26 @@ def main(args) -> dict:
                 stop = stale >= args.patience
                 if stop:
                     log.info("early stop: no better val accuracy for %d epochs", stale)
-            if not stop and epoch + 1 < args.epochs and over_budget(history, started, args.time_limit):
-                log.warning("time limit: stopping after epoch %d of %d (schedule not finished)", epoch, args.epochs)
+            if not stop and epoch + 1 < epochs and over_budget(history, started, hard_limit):
+                log.warning("time limit: stopping after epoch %d of %d (schedule not finished)", epoch, epochs)
                 stop = True
+            if args.budget and epoch >= 1 and not stop:
+                # Epoch 0 carries one-off costs (worker start-up, autotuning): plan from epoch 1's pace.
+                fit = epochs_that_fit(epoch + 1, time.time() - started, time.time() - epoch_started, args.budget)
+                if fit < epochs:
+                    epochs = fit
+                    schedule.total = epochs * steps_per_epoch
+                    log.info("budget: %d epochs fit in %g minutes at this pace; cosine re-planned to end there",
+                             epochs, args.budget)
         if distributed:
             # All ranks leave together, or the others would wait in all-reduce forever.
-            flag = [stop]
+            flag = [stop, epochs]
             torch.distributed.broadcast_object_list(flag, src=0)
-            stop = flag[0]
+            stop, epochs = flag
+            schedule.total = epochs * steps_per_epoch
         if stop:
             break
+        epoch += 1
     if distributed:
         torch.distributed.destroy_process_group()
     if rank != 0:
@@ -242,6 +269,11 @@ def over_budget(history: list[dict], started: float, minutes: float) -> bool:
         return False
     last = history[-1]["train"]["seconds"]
     return time.time() - started + last > 60 * minutes
+
+
+def epochs_that_fit(done: int, elapsed: float, pace: float, minutes: float) -> int:
+    """Epochs in all (at least `done`) if each one more takes `pace` seconds and all must end by `minutes`."""
+    return done + max(0, int((60 * minutes - elapsed) // pace))
 
 
 def atomic_save(obj: dict, path: Path) -> None:
