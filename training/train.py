@@ -61,7 +61,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--time-limit", type=float, default=0.0,
                    help="minutes: start no epoch that would end past this (a lent GPU's budget); 0: none")
     p.add_argument("--budget", type=float, default=0.0,
-                   help="minutes the whole fit may take: from the second epoch on, --epochs is cut to what still "
+                   help="minutes the epochs may take (calibration and report come after): from the second "
+                   "epoch on, --epochs is cut to what still "
                    "fits at the last epoch's pace and the cosine schedule re-planned to end there (--time-limit "
                    "only stops, leaving the schedule unfinished); 0: none")
     p.add_argument("--no-report", action="store_true",
