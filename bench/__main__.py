@@ -268,7 +268,8 @@ def cmd_fastpath(args) -> dict:
             diff = np.abs(a - b) * scale
             worst, mean = max(worst, float(diff.max())), mean + [float(diff.mean())]
             for name, x in (("exact", a), ("fast", b)):
-                right[name] += classes[int(exact.runtime.infer(x[None]).argmax())] == it["label"]
+                logits = exact.runtime.infer(x[None])
+                right[name] += classes[int(exact.runtime.probabilities(logits).argmax())] == it["label"]
         out["sizes"][f"{size[0]}x{size[1]}" if size else "native"] = {
             "max_pixel_deviation": worst, "mean_pixel_deviation": float(np.mean(mean)),
             "accuracy_exact": right["exact"] / len(items), "accuracy_fast": right["fast"] / len(items)}

@@ -34,8 +34,11 @@ class Preprocess:
 
 @dataclass(frozen=True)
 class Calibration:
+    """probabilities = softmax((logits + logit_offsets) / temperature), both fitted on val at export."""
+
     temperature: float = 1.0
     uncertain_below: float = 0.5
+    logit_offsets: tuple[float, ...] | None = None  # per class, output order; None: no adjustment
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,12 @@ def parse_bundle(raw: Any, folder: Path) -> Bundle:
     preprocess = _preprocess(raw.get("preprocess"))
     cal = raw.get("calibration", {})
     _require(isinstance(cal, dict), "calibration must be an object")
-    calibration = Calibration(cal.get("temperature", 1.0), cal.get("uncertain_below", 0.5))
+    offsets = cal.get("logit_offsets")
+    _require(offsets is None or (isinstance(offsets, list) and len(offsets) == len(classes)
+                                 and all(map(_number, offsets))),
+             f"calibration.logit_offsets must be null or {len(classes)} numbers, one per class")
+    calibration = Calibration(cal.get("temperature", 1.0), cal.get("uncertain_below", 0.5),
+                              None if offsets is None else tuple(float(v) for v in offsets))
     _require(_number(calibration.temperature) and calibration.temperature > 0, "calibration.temperature must be > 0")
     _require(_number(calibration.uncertain_below) and 0 <= calibration.uncertain_below <= 1,
              "calibration.uncertain_below must be within [0, 1]")

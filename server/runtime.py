@@ -45,6 +45,8 @@ class Runtime:
                               f"{str(exc).splitlines()[0][:200]}") from None
         self._check_signature()
         self.temperature = np.float32(bundle.calibration.temperature)
+        offsets = bundle.calibration.logit_offsets
+        self.offsets = np.zeros(len(bundle.classes)) if offsets is None else np.asarray(offsets, np.float64)
 
     def _check_signature(self) -> None:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
@@ -75,8 +77,8 @@ class Runtime:
             return self.session.run(None, {self.bundle.input.name: batch})[0]
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        """Calibrated softmax: temperature fitted on the validation split at export."""
-        z = logits.astype(np.float64) / float(self.temperature)
+        """Calibrated softmax: offsets and temperature fitted on the validation split at export."""
+        z = (logits.astype(np.float64) + self.offsets) / float(self.temperature)
         z -= z.max(axis=1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=1, keepdims=True)

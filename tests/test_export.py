@@ -129,3 +129,30 @@ def test_ensemble_of_networks_that_disagree_is_refused(fitted, tmp_path, caplog,
     with caplog.at_level(logging.ERROR, logger="export"):
         assert export([run / "best.pt", tmp_path / "other.pt"], tmp_path / "x", "--no-int8") == 2
     assert "not one ensemble" in caplog.text and not (tmp_path / "x.json").exists()
+
+
+def test_logit_adjustment_is_fitted_on_val_and_served(fitted, dataset, tmp_path):
+    import numpy as np
+
+    from export.__main__ import load_arrays
+    from server.runtime import Runtime
+    from training.calibration import prior_offsets
+    from training.data import read_manifest, split_of
+
+    run, _ = fitted
+    assert export(run / "best.pt", tmp_path / "adj", "--no-int8", "--logit-adjustment", "fit") == 0
+    bundle = load_bundle(tmp_path / "adj.json")
+    adjustment = bundle.metrics["logit_adjustment"]
+    manifest = read_manifest(run / "split.json")
+    labels = [label for _, label in split_of(manifest, "train")]
+    assert adjustment["train_counts"] == [labels.count(i) for i in range(len(bundle.classes))]
+    assert set(adjustment["unadjusted"]) == {"val", "test"}
+    expected = prior_offsets(adjustment["train_counts"], adjustment["tau"]).tolist()
+    assert adjustment["offsets"] == pytest.approx(expected)
+    assert (bundle.calibration.logit_offsets is None) == (adjustment["tau"] == 0)
+    # What the bundle records for val is what the server computes with its calibration.
+    val = split_of(manifest, "val")[:12]
+    images, targets = load_arrays(dataset, val, bundle.preprocess)
+    runtime = Runtime(bundle, threads=1)
+    predicted = runtime.probabilities(runtime.infer(images)).argmax(1)
+    assert np.mean(predicted == targets) == pytest.approx(bundle.metrics["val"]["accuracy"])

@@ -57,6 +57,6 @@ def test_recorded_test_accuracy_is_reproduced():
     for start in range(0, len(items), 32):
         batch = np.stack([preprocess(decode((TRASHNET / it["path"]).read_bytes(), 10**9, 1), bundle.preprocess)
                           for it in items[start:start + 32]])
-        predictions += [bundle.classes[i] for i in runtime.infer(batch).argmax(1)]
+        predictions += [bundle.classes[i] for i in runtime.probabilities(runtime.infer(batch)).argmax(1)]
     accuracy = np.mean([p == it["label"] for p, it in zip(predictions, items)])
     assert accuracy == pytest.approx(bundle.metrics["test"]["accuracy"], abs=1e-9)

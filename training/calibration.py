@@ -32,3 +32,35 @@ def ece(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, b
         if inside.any():
             total += inside.float().mean() * (conf[inside].mean() - correct[inside].mean()).abs()
     return float(total)
+
+
+def prior_offsets(counts, tau: float) -> torch.Tensor:
+    """Logit adjustment (Menon et al., 2021): -tau * log(class frequency), centred (softmax ignores a shift)."""
+    offsets = -tau * torch.as_tensor(counts, dtype=torch.float64).clamp(min=1).log()
+    return (offsets - offsets.mean()).float()
+
+
+def lowest_recall(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    pred = logits.argmax(1)
+    return min(float((pred[targets == c] == c).float().mean()) for c in targets.unique())
+
+
+def fit_logit_adjustment(logits: torch.Tensor, targets: torch.Tensor, counts, max_drop: int = 2,
+                         taus=None) -> float:
+    """The tau that lifts the lowest class recall on val most, giving up at most max_drop correct images.
+
+    One parameter for all classes, so it cannot be fitted to single pictures the way
+    free per-class offsets could; ties go to the higher top-1, then the smaller tau.
+    """
+    taus = taus if taus is not None else [round(0.05 * i, 2) for i in range(61)]
+    base = int((logits.argmax(1) == targets).sum())
+    best_key, best_tau = None, 0.0
+    for tau in taus:
+        adjusted = logits + prior_offsets(counts, tau)
+        correct = int((adjusted.argmax(1) == targets).sum())
+        if correct < base - max_drop:
+            continue
+        key = (lowest_recall(adjusted, targets), correct)
+        if best_key is None or key > best_key:  # strictly better only: the smaller tau wins ties
+            best_key, best_tau = key, tau
+    return best_tau

@@ -59,6 +59,7 @@ def summary_markdown(name: str, metrics: dict, classes: list[str]) -> str:
         f"(val {100 * val['accuracy']:.2f}% on {val['n']})",
         f"- temperature {metrics['temperature']:.3f}: test ECE {100 * test['ece_before']:.2f}% "
         f"before, {100 * test['ece_after']:.2f}% after",
+        *adjustment_lines(metrics.get("logit_adjustment")),
         "",
         "| class | precision | recall | F1 | support |",
         "| --- | --- | --- | --- | --- |",
@@ -69,6 +70,15 @@ def summary_markdown(name: str, metrics: dict, classes: list[str]) -> str:
                      f"{100 * m['f1']:.1f}% | {m['support']} |")
     lines += ["", "![confusion matrix](confusion.png)", ""]
     return "\n".join(lines)
+
+
+def adjustment_lines(adjustment: dict | None) -> list[str]:
+    if not adjustment:
+        return []
+    raw = adjustment["unadjusted"]
+    return [f"- logit adjustment tau {adjustment['tau']:.2f} (fitted on val; 0 = none): without it test "
+            f"{100 * raw['test']['accuracy']:.2f}%, lowest recall {100 * raw['test']['lowest_recall']:.1f}% "
+            f"(val {100 * raw['val']['accuracy']:.2f}%, {100 * raw['val']['lowest_recall']:.1f}%)"]
 
 
 def write_report(folder: Path, name: str, metrics: dict, classes: list[str]) -> None:
