@@ -252,3 +252,32 @@ def test_epochs_that_fit_and_the_schedule():
     assert schedule(55) == pytest.approx(0.5)
     schedule.total = 50
     assert schedule(50) == pytest.approx(0.0, abs=1e-12) and schedule(30) == pytest.approx(0.5)
+
+
+def test_frozen_stages_freeze_the_input_side_only():
+    model = build_model("efficientnet_lite0", 3, pretrained=False)
+    apply_strategy(model, "efficientnet_lite0", "full", frozen_stages=2)
+    set_train_mode(model)
+    frozen = [model.conv_stem, model.bn1, model.blocks[0], model.blocks[1]]
+    assert not any(p.requires_grad for part in frozen for p in part.parameters())
+    assert all(p.requires_grad for part in (model.blocks[2], model.conv_head, model.classifier)
+               for p in part.parameters())
+    assert not model.bn1.training and model.blocks[2][0].bn1.training
+    resnet = build_model("resnet50", 3, pretrained=False)
+    apply_strategy(resnet, "resnet50", "full", frozen_stages=1)
+    assert not any(p.requires_grad for p in resnet.layer1.parameters())
+    assert all(p.requires_grad for p in resnet.layer2.parameters())
+    with pytest.raises(ValueError, match="frozen stages must be 0 to 6"):
+        apply_strategy(model, "efficientnet_lite0", "full", frozen_stages=7)
+
+
+def test_fit_with_frozen_stages_leaves_them_untouched(dataset, tmp_path):
+    from tests.conftest import fit
+
+    fit(dataset, tmp_path / "run", "--frozen-stages", "2", "--max-steps", "2", "--no-report")
+    trained = load_checkpoint(tmp_path / "run" / "best.pt")[0].state_dict()
+    start = build_model("efficientnet_lite0", 3).state_dict()
+    frozen = [k for k in start if k.startswith(("conv_stem.", "bn1.", "blocks.0.", "blocks.1."))]
+    later = [k for k in start if k.startswith("blocks.2.") and k.endswith("weight")]
+    assert frozen and all(torch.equal(trained[k], start[k]) for k in frozen)  # BN statistics included
+    assert any(not torch.equal(trained[k], start[k]) for k in later)

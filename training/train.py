@@ -37,6 +37,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--backbone", choices=BACKBONES, default="efficientnet_lite0")
     p.add_argument("--strategy", choices=STRATEGIES, default="full",
                    help="head: classifier only (the old project); last: last stages + head; full: everything")
+    p.add_argument("--frozen-stages", type=int, default=0,
+                   help="also freeze the stem and this many stages from the input side (their BatchNorm "
+                   "stays in eval mode); they cost most of a step on a CPU and learn generic edges")
     p.add_argument("--weights", type=Path, help="ImageNet state_dict file for the backbone")
     p.add_argument("--no-pretrained", action="store_true", help="random init (tests, ablations)")
     p.add_argument("--init-from", type=Path, help="start from this checkpoint's weights (same backbone, classes)")
@@ -174,7 +177,7 @@ def main(args) -> dict:
         if start["backbone"] != args.backbone or start["classes"] != classes:
             raise ValueError(f"{args.init_from} is a {start['backbone']} for {start['classes']}, not this run's")
         model.load_state_dict(start["model"], strict=True)
-    apply_strategy(model, args.backbone, args.strategy)
+    apply_strategy(model, args.backbone, args.strategy, args.frozen_stages)
     model.to(device, memory_format=torch.channels_last)
     train_loader, eval_loaders, counts = make_loaders(args, manifest, spec, distributed)
     log.info("classes %s, train counts %s", classes, counts.int().tolist())
