@@ -26,7 +26,7 @@ from server.runtime import session_options
 from training.calibration import fit_logit_adjustment, fit_temperature, lowest_recall, prior_offsets
 from training.constants import UNCERTAIN_BELOW
 from training.data import read_manifest, split_of
-from training.models import spec_at_size
+from training.models import spec_at_size, strategy_label
 from training.report import classification_metrics, write_report
 from training.train import load_checkpoint, same_split
 
@@ -214,7 +214,7 @@ def main(args) -> int:
         log.info("wrote %s", args.out.parent / f"{name}.json")
     if args.report:
         write_report(args.report, f"{args.out.name} ({shipped})", {
-            "backbone": backbones, "strategy": "+".join(c["strategy"] for c in ckpts),
+            "backbone": backbones, "strategy": " + ".join(strategy_label(c) for c in ckpts),
             "best_epoch": "+".join(str(c["epoch"]) for c in ckpts), **results[shipped]}, classes)
         log.info("report in %s", args.report)
     shutil.rmtree(work, ignore_errors=True)
@@ -239,7 +239,7 @@ def choose(results: dict, speed: dict, max_loss_points: float) -> tuple[str, str
 
 
 def member(ckpt: dict, checkpoint: Path) -> dict:
-    return {"backbone": ckpt["backbone"], "strategy": ckpt["strategy"], "epoch": ckpt["epoch"],
+    return {"backbone": ckpt["backbone"], "strategy": strategy_label(ckpt), "epoch": ckpt["epoch"],
             "trained_size": ckpt["preprocess"]["crop"], "checkpoint_sha256": sha256_file(checkpoint),
             "training_args": ckpt.get("args", {})}
 

@@ -128,6 +128,12 @@ def apply_strategy(model: nn.Module, backbone: str, strategy: str, frozen_stages
             part.requires_grad_(False)
 
 
+def strategy_label(ckpt: dict) -> str:
+    """The checkpoint's strategy for reports, with its frozen stages (from its training args)."""
+    frozen = ckpt.get("args", {}).get("frozen_stages", 0)
+    return ckpt["strategy"] + (f", {frozen} stages frozen" if frozen else "")
+
+
 def set_train_mode(model: nn.Module) -> None:
     """model.train(), but frozen BatchNorm layers keep their ImageNet statistics (eval mode)."""
     model.train()

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampl
 from . import constants, data, presets
 from .calibration import fit_temperature
 from .engine import evaluate, predict, train_one_epoch
-from .models import BACKBONES, STRATEGIES, apply_strategy, build_model, preprocess_spec
+from .models import BACKBONES, STRATEGIES, apply_strategy, build_model, preprocess_spec, strategy_label
 from .report import classification_metrics, write_report
 
 log = logging.getLogger(__name__)
@@ -334,7 +334,7 @@ def calibrate_and_report(checkpoint: Path, data_root: Path, loaders=None, device
     test_logits, test_targets = predict(model, loaders["test"], device)
     classes = ckpt["classes"]
     metrics = {
-        "backbone": ckpt["backbone"], "strategy": ckpt["strategy"], "best_epoch": ckpt["epoch"],
+        "backbone": ckpt["backbone"], "strategy": strategy_label(ckpt), "best_epoch": ckpt["epoch"],
         "temperature": temperature,
         "val": classification_metrics(val_logits, val_targets, classes, temperature),
         "test": classification_metrics(test_logits, test_targets, classes, temperature),
