@@ -28,7 +28,7 @@ from training.constants import UNCERTAIN_BELOW
 from training.data import read_manifest, split_of
 from training.models import spec_at_size, strategy_label
 from training.report import classification_metrics, write_report
-from training.train import load_checkpoint, same_split
+from training.train import class_counts, load_checkpoint, same_split
 
 from .onnx_export import OPSET, Ensemble, parity, static_same_padding, to_onnx
 from .quantize import quantize_int8
@@ -152,8 +152,7 @@ def main(args) -> int:
     limit = args.limit or None
     counts = None
     if args.logit_adjustment == "fit":
-        labels = [label for _, label in split_of(manifest, "train")]
-        counts = [labels.count(i) for i in range(len(classes))]
+        counts = class_counts(split_of(manifest, "train"), len(classes)).int().tolist()
     val = load_arrays(data_root, split_of(manifest, "val")[:limit], spec)
     test = load_arrays(data_root, split_of(manifest, "test")[:limit], spec)
 
