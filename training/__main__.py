@@ -1,4 +1,4 @@
-"""`python -m training {split,fit,evaluate,compare} --help`."""
+"""`python -m training {split,fit,evaluate,compare,folds,cv} --help`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import compare, data
+from . import compare, cv, data
 from .train import calibrate_and_report, get_args_parser, main
 
 
@@ -33,6 +33,21 @@ def cli(argv=None) -> int:
     cmp.add_argument("--out", type=Path, help="folder for compare.md and compare.json")
     cmp.add_argument("--max-members", type=int, default=0, help="largest ensemble to try (0: all of them)")
     cmp.set_defaults(run=lambda a: compare.run(a.checkpoints, a.data, a.sizes, a.out, a.max_members))
+    folds = sub.add_parser("folds", help="cut train+val of a manifest into k fold manifests (test left out)")
+    folds.add_argument("--manifest", type=Path, required=True, help="split manifest whose train+val to cut")
+    folds.add_argument("--data", type=Path, required=True, help="dataset folder (near-duplicates are re-found)")
+    folds.add_argument("--k", type=int, default=4)
+    folds.add_argument("--seed", type=int, default=42)
+    folds.add_argument("--out", type=Path, required=True, help="folder for fold-0.json ... fold-(k-1).json")
+    folds.set_defaults(run=lambda a: cv.write_folds(a.manifest, a.data, a.k, a.seed, a.out))
+    cvp = sub.add_parser("cv", help="pool out-of-fold predictions per recipe and compare recipes")
+    cvp.add_argument("--recipe", nargs="+", action="append", required=True, metavar=("NAME", "CHECKPOINT"),
+                     help="a name and the checkpoints of its fold fits (fits of one fold are averaged, "
+                     "as export's ensemble graph does); repeat for each recipe")
+    cvp.add_argument("--data", type=Path, required=True)
+    cvp.add_argument("--size", type=int, help="input size for all (default: each fold's first network's)")
+    cvp.add_argument("--out", type=Path, help="folder for cv.md and cv.json")
+    cvp.set_defaults(run=lambda a: cv.run(a.recipe, a.data, a.size, a.out))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from . import stats
+
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
     """The T that minimises validation NLL of softmax(logits / T); one parameter, no overfit."""
@@ -41,8 +43,8 @@ def prior_offsets(counts, tau: float) -> torch.Tensor:
 
 
 def lowest_recall(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    pred = logits.argmax(1)
-    return min(float((pred[targets == c] == c).float().mean()) for c in targets.unique())
+    n_classes = max(logits.shape[1], int(targets.max()) + 1)
+    return stats.lowest(stats.per_class_recall(logits.argmax(1), targets, n_classes))[1]
 
 
 def fit_logit_adjustment(logits: torch.Tensor, targets: torch.Tensor, counts, max_drop: int = 2,

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from . import data, presets
+from . import data, presets, stats
 from .engine import predict
 from .models import spec_at_size
 from .train import load_checkpoint, same_split
@@ -24,13 +24,14 @@ log = logging.getLogger(__name__)
 SPLITS = ("val", "test")
 
 
-def probabilities(model: torch.nn.Module, ckpt: dict, data_root: Path, sizes: list[int]) -> dict:
+def probabilities(model: torch.nn.Module, ckpt: dict, data_root: Path, sizes: list[int],
+                  splits: tuple[str, ...] = SPLITS) -> dict:
     """{(size, split): (probabilities, targets)} for one network."""
     manifest = data.read_manifest(ckpt["manifest"])
     out = {}
     for size in sizes:
         tf = presets.eval_preset(**spec_at_size(ckpt["preprocess"], size))
-        for split in SPLITS:
+        for split in splits:
             images = data.ImageList(data_root, data.split_of(manifest, split), tf)
             logits, targets = predict(model, DataLoader(images, batch_size=32, num_workers=1), torch.device("cpu"))
             out[size, split] = logits.softmax(1), targets
@@ -39,10 +40,9 @@ def probabilities(model: torch.nn.Module, ckpt: dict, data_root: Path, sizes: li
 
 def scores(probs: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict:
     pred = probs.argmax(1)
-    recall = {c: (pred[targets == i] == i).float().mean().item() for i, c in enumerate(classes)}
-    worst = min(recall, key=recall.get)
+    worst, recall = stats.lowest(stats.per_class_recall(pred, targets, len(classes)))
     return {"accuracy": (pred == targets).float().mean().item(), "n": len(targets),
-            "lowest_recall": recall[worst], "lowest_recall_class": worst}
+            "lowest_recall": recall, "lowest_recall_class": classes[worst]}
 
 
 def compare(checkpoints: list[Path], data_root: Path, sizes: list[int], max_members: int = 0) -> list[dict]:

@@ -11,7 +11,8 @@ member() {
         --backbone efficientnet_lite2 --strategy full --frozen-stages 2 --image-size 296 --epochs 20 \
         --patience 10 --seed $2 --budget $3 --workers 2 --no-progress --no-report
 }
-member cpu-p1 61 41
+# Names and seeds of the two fits (defaults: the first pair, cpu-p1 and cpu-p2); e.g. P1=cpu-q1 S1=71 P2=cpu-q2 S2=72.
+member ${P1:-cpu-p1} ${S1:-61} 41
 used=$(( ($(date +%s) - start) / 60 ))
-member cpu-p2 62 $(( 83 - used ))
+member ${P2:-cpu-p2} ${S2:-62} $(( 83 - used ))
 echo "both members: $(( $(date +%s) - start )) s"

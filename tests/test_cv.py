@@ -1,0 +1,123 @@
+"""k-fold cross-validation (`python -m training folds` / `cv`) and the statistics it reports."""
+
+import json
+import logging
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import fit
+from tests.helpers import make_dataset
+from training import cv, data, stats
+from training.__main__ import cli
+from training.compare import probabilities
+from training.train import load_checkpoint
+
+
+def test_wilson_interval_matches_the_formula_and_stays_in_range():
+    low, high = stats.wilson(17, 21)  # the shipped pair's test trash recall
+    assert low == pytest.approx(0.6000, abs=1e-3) and high == pytest.approx(0.9233, abs=1e-3)
+    assert stats.wilson(0, 10)[0] == 0.0 and stats.wilson(10, 10)[1] == 1.0
+    assert stats.wilson(10, 10)[0] < 1.0  # ten out of ten is not proof of perfection
+    assert all(math.isnan(x) for x in stats.wilson(0, 0))
+
+
+def test_mcnemar_exact_p():
+    assert stats.mcnemar(0, 0) == 1.0
+    assert stats.mcnemar(0, 6) == pytest.approx(2 / 64)  # six disagreements, all one way
+    assert stats.mcnemar(6, 0) == stats.mcnemar(0, 6)
+    assert stats.mcnemar(5, 5) == 1.0
+    assert stats.mcnemar(2, 8) == pytest.approx(0.109375)  # 2 * P(X <= 2), X ~ Bin(10, 1/2)
+
+
+def test_recall_skips_classes_with_no_pictures():
+    pred, targets = torch.tensor([0, 0, 1, 0]), torch.tensor([0, 0, 1, 1])
+    recall = stats.per_class_recall(pred, targets, 3)
+    assert recall[:2] == [1.0, 0.5] and math.isnan(recall[2])
+    assert stats.lowest(recall) == (1, 0.5)
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    root = make_dataset(tmp_path_factory.mktemp("images"), per_class=12)
+    Image.open(root / "glass" / "glass3.jpg").save(root / "glass" / "glass3-copy.png")  # a near-duplicate
+    manifest_path = root.parent / "split.json"
+    data.write_manifest(data.make_manifest(root), manifest_path)
+    return root, manifest_path
+
+
+def test_folds_cover_train_and_val_once_and_never_test(pool, tmp_path):
+    root, manifest_path = pool
+    assert cli(["folds", "--manifest", str(manifest_path), "--data", str(root), "--k", "3",
+                "--out", str(tmp_path)]) == 0
+    manifest = data.read_manifest(manifest_path)
+    folds = [data.read_manifest(tmp_path / f"fold-{i}.json") for i in range(3)]
+    pool_paths = {it["path"] for it in manifest["items"] if it["split"] != "test"}
+    held = [{it["path"] for it in f["items"] if it["split"] == "val"} for f in folds]
+    assert set.union(*held) == pool_paths and sum(map(len, held)) == len(pool_paths)  # each once
+    for f in folds:
+        assert {it["path"] for it in f["items"]} == pool_paths  # test pictures are in no fold
+        assert all(n >= 1 for n in f["counts"]["val"].values())  # stratified
+        assert f["cv"]["k"] == 3 and f["cv"]["pool"] == folds[0]["cv"]["pool"]
+    assert any({"glass/glass3.jpg", "glass/glass3-copy.png"} <= h for h in held)  # duplicates stay together
+    again = cv.make_folds(manifest, root, 3, 42)
+    assert [f["items"] for f in again] == [f["items"] for f in folds]
+    assert [f["items"] for f in cv.make_folds(manifest, root, 3, 7)] != [f["items"] for f in folds]
+
+
+@pytest.fixture(scope="module")
+def fold_fits(pool, tmp_path_factory):
+    """Two tiny networks on each of 2 folds: recipe "a" (seed 1) and "b" (seed 2)."""
+    root, manifest_path = pool
+    out = tmp_path_factory.mktemp("cv")
+    manifests = cv.write_folds(manifest_path, root, 2, 42, out / "folds")
+    runs = {}
+    for name, seed in (("a", "1"), ("b", "2")):
+        for i, m in enumerate(manifests):
+            fit(root, out / f"{name}{i}", "--manifest", str(m), "--seed", seed, "--max-steps", "2", "--no-report")
+            runs[name, i] = out / f"{name}{i}" / "best.pt"
+    return root, runs
+
+
+def test_cv_pools_every_picture_once_and_pairs_recipes(fold_fits, tmp_path):
+    root, runs = fold_fits
+    assert cli(["cv", "--recipe", "a", str(runs["a", 0]), str(runs["a", 1]),
+                "--recipe", "b", str(runs["b", 0]), str(runs["b", 1]),
+                "--recipe", "ab", *map(str, runs.values()),
+                "--data", str(root), "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "cv.json").read_text())
+    # Recompute recipe a by hand: each fold's network on its own val pictures.
+    hits = n = 0
+    for i in range(2):
+        model, ckpt = load_checkpoint(runs["a", i])
+        probs, targets = probabilities(model, ckpt, root, [64], ("val",))[64, "val"]
+        hits += int((probs.argmax(1) == targets).sum())
+        n += len(targets)
+    a = result["scores"]["a"]
+    assert a["n"] == n and a["accuracy"] == pytest.approx(hits / n)
+    assert a["ci"][0] <= a["accuracy"] <= a["ci"][1]
+    assert sum(c["n"] for c in a["per_class"].values()) == n
+    pair = result["paired"]["a vs b"]
+    assert pair["n"] == n
+    assert pair["difference"] == pytest.approx(a["accuracy"] - result["scores"]["b"]["accuracy"])
+    assert result["scores"]["ab"]["n"] == n  # two networks per fold: averaged, not counted twice
+    assert "| a vs b |" in (tmp_path / "cv.md").read_text()
+
+
+def test_cv_refuses_networks_not_trained_on_folds(fold_fits, fitted, caplog):
+    root, runs = fold_fits
+    run, _ = fitted
+    with caplog.at_level(logging.ERROR):
+        assert cli(["cv", "--recipe", "x", str(runs["a", 0]), str(run / "best.pt"), "--data", str(root)]) == 2
+    assert "not trained on a fold manifest" in caplog.text
+
+
+def test_cv_with_a_fold_missing_scores_what_it_has(fold_fits, caplog):
+    root, runs = fold_fits
+    with caplog.at_level(logging.WARNING):
+        result = cv.run([["a", str(runs["a", 0])]], root, None, None)
+    assert "folds [1] missing" in caplog.text
+    val0 = data.split_of(data.read_manifest(load_checkpoint(runs["a", 0])[1]["manifest"]), "val")
+    assert result["scores"]["a"]["n"] == len(val0)
