@@ -56,6 +56,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--logit-adjustment", choices=("none", "fit"), default="none",
                    help="fit: add -tau*log(training class frequency) to the logits, tau chosen on val to lift "
                    "the lowest class recall at a cost of at most 2 val images (Menon et al., 2021)")
+    p.add_argument("--logit-tau", type=float, help="the same adjustment with this tau instead of a fit on val "
+                   "(e.g. the one `python -m training cv` fitted on out-of-fold predictions of the recipe)")
     p.add_argument("--limit", type=int, default=0, help="evaluate on at most N images per split (tests)")
     p.add_argument("--report", type=Path, help="also write the shipped variant's report (summary, per-class "
                    "table, confusion matrix JSON + PNG) to this folder")
@@ -94,16 +96,20 @@ def git_commit() -> str | None:
         return None
 
 
-def evaluate_variant(path: Path, val, test, classes, counts: list[int] | None) -> tuple[dict, ort.InferenceSession]:
-    """Calibration fitted on val (offsets if counts are given, then temperature), measured on val and test."""
+def evaluate_variant(path: Path, val, test, classes, counts: list[int] | None,
+                     tau: float | None = None) -> tuple[dict, ort.InferenceSession]:
+    """Calibration fitted on val (offsets if counts are given, with tau if given, then temperature),
+    measured on val and test."""
     session = ort.InferenceSession(str(path), session_options(2, False, True), providers=["CPUExecutionProvider"])
     val_logits, test_logits = (torch.from_numpy(onnx_logits(session, x)) for x, _ in (val, test))
     val_targets, test_targets = torch.from_numpy(val[1]), torch.from_numpy(test[1])
     adjustment = None
     if counts is not None:
-        tau = fit_logit_adjustment(val_logits, val_targets, counts)
+        source = "val" if tau is None else "given"
+        tau = fit_logit_adjustment(val_logits, val_targets, counts) if tau is None else tau
         offsets = prior_offsets(counts, tau)
-        adjustment = {"tau": tau, "offsets": offsets.tolist(), "train_counts": counts, "unadjusted": {
+        adjustment = {"tau": tau, "tau_from": source, "offsets": offsets.tolist(), "train_counts": counts,
+                      "unadjusted": {
             split: {"accuracy": float((z.argmax(1) == t).float().mean()), "lowest_recall": lowest_recall(z, t)}
             for split, z, t in (("val", val_logits, val_targets), ("test", test_logits, test_targets))}}
         val_logits, test_logits = val_logits + offsets, test_logits + offsets
@@ -151,7 +157,11 @@ def main(args) -> int:
     manifest = read_manifest(manifest_path)
     limit = args.limit or None
     counts = None
-    if args.logit_adjustment == "fit":
+    if args.logit_tau is not None and (args.logit_adjustment == "fit" or not 0 <= args.logit_tau < 10):
+        log.error("--logit-tau takes a tau in [0, 10) and replaces --logit-adjustment fit; got %s with %s",
+                  args.logit_tau, args.logit_adjustment)
+        return 2
+    if args.logit_adjustment == "fit" or args.logit_tau is not None:
         counts = class_counts(split_of(manifest, "train"), len(classes)).int().tolist()
     val = load_arrays(data_root, split_of(manifest, "val")[:limit], spec)
     test = load_arrays(data_root, split_of(manifest, "test")[:limit], spec)
@@ -171,7 +181,8 @@ def main(args) -> int:
              swapped, OPSET)
 
     results, sessions = {}, {}
-    results["fp32"], sessions["fp32"] = evaluate_variant(work / "fp32.onnx", val, test, classes, counts)
+    splits = (val, test, classes, counts)
+    results["fp32"], sessions["fp32"] = evaluate_variant(work / "fp32.onnx", *splits, args.logit_tau)
     check = parity(model, sessions["fp32"], val[0][: args.parity_images])
     log.info("parity on %d validation images: max |dlogit| %.2e, argmax equal %s",
              check["images"], check["max_abs_logit_diff"], check["argmax_equal"])
@@ -187,7 +198,7 @@ def main(args) -> int:
         pick = np.random.default_rng(0).permutation(len(train))[: args.calibration_images]
         calibration, _ = load_arrays(data_root, [train[i] for i in sorted(pick)], spec)
         quant = quantize_int8(work / "fp32.onnx", work / "int8.onnx", calibration)
-        results["int8"], sessions["int8"] = evaluate_variant(work / "int8.onnx", val, test, classes, counts)
+        results["int8"], sessions["int8"] = evaluate_variant(work / "int8.onnx", *splits, args.logit_tau)
     speed = latency_ms(sessions, val[0][:1])
     shipped, reason = choose(results, speed, args.max_int8_loss)
     log.info("test accuracy %s; batch-1 latency %s ms; shipping %s: %s",

@@ -156,3 +156,19 @@ def test_logit_adjustment_is_fitted_on_val_and_served(fitted, dataset, tmp_path)
     runtime = Runtime(bundle, threads=1)
     predicted = runtime.probabilities(runtime.infer(images)).argmax(1)
     assert np.mean(predicted == targets) == pytest.approx(bundle.metrics["val"]["accuracy"])
+
+
+def test_logit_tau_given_is_used_as_is(fitted, tmp_path, caplog):
+    from training.calibration import prior_offsets
+
+    run, _ = fitted
+    assert export(run / "best.pt", tmp_path / "tau", "--no-int8", "--logit-tau", "0.7") == 0
+    bundle = load_bundle(tmp_path / "tau.json")
+    adjustment = bundle.metrics["logit_adjustment"]
+    assert adjustment["tau"] == 0.7 and adjustment["tau_from"] == "given"
+    assert bundle.calibration.logit_offsets == pytest.approx(prior_offsets(adjustment["train_counts"], 0.7).tolist())
+    with caplog.at_level(logging.ERROR, logger="export"):
+        assert export(run / "best.pt", tmp_path / "both", "--no-int8", "--logit-tau", "0.7",
+                      "--logit-adjustment", "fit") == 2
+        assert export(run / "best.pt", tmp_path / "neg", "--no-int8", "--logit-tau", "-1") == 2
+    assert "--logit-tau takes a tau" in caplog.text and not (tmp_path / "neg.json").exists()

@@ -68,6 +68,12 @@ def test_one_epoch_fit_and_report(fitted):
     assert 0 <= metrics["test"]["accuracy"] <= 1 and metrics["temperature"] > 0
     summary = (out / "report" / "summary.md").read_text()
     assert "| cardboard |" in summary and "ECE" in summary
+    # Each recall carries its interval, computed from the counts the report states.
+    from training.stats import wilson
+
+    m = metrics["test"]["per_class"]["cardboard"]
+    low, high = wilson(round(m["recall"] * m["support"]), m["support"])
+    assert f"| {100 * low:.1f}-{100 * high:.1f}% |" in summary
     history = json.loads((out / "history.json").read_text())
     assert len(history) == 1 and history[0]["train"]["loss"] > 0
 

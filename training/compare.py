@@ -28,12 +28,14 @@ def probabilities(model: torch.nn.Module, ckpt: dict, data_root: Path, sizes: li
                   splits: tuple[str, ...] = SPLITS) -> dict:
     """{(size, split): (probabilities, targets)} for one network."""
     manifest = data.read_manifest(ckpt["manifest"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a lent GPU scores folds there
+    model.to(device)
     out = {}
     for size in sizes:
         tf = presets.eval_preset(**spec_at_size(ckpt["preprocess"], size))
         for split in splits:
             images = data.ImageList(data_root, data.split_of(manifest, split), tf)
-            logits, targets = predict(model, DataLoader(images, batch_size=32, num_workers=1), torch.device("cpu"))
+            logits, targets = predict(model, DataLoader(images, batch_size=32, num_workers=1), device)
             out[size, split] = logits.softmax(1), targets
     return out
 

@@ -179,8 +179,12 @@ def run(recipes: list[list[str]], data_root: Path, size: int | None, out: Path |
     pairs = {f"{a} vs {b}": paired(pooled[a], pooled[b]) for i, a in enumerate(names) for b in names[i + 1:]}
     table = markdown(scores, pairs, classes)
     log.info("\n%s", table)
-    result = {"size": size, "recipes": {n: [str(p) for p in r[1:]] for n, r in zip(names, recipes)},
-              "scores": scores, "paired": pairs}
+    result = {"size": size, "classes": classes,
+              "recipes": {n: [str(p) for p in r[1:]] for n, r in zip(names, recipes)},
+              "scores": scores, "paired": pairs,
+              # Every out-of-fold probability, so later questions need no rerun of the fits.
+              "predictions": {n: {path: {"target": t, "probabilities": [round(float(x), 5) for x in prob]}
+                                  for path, (prob, t) in p.items()} for n, p in pooled.items()}}
     if out:
         out.mkdir(parents=True, exist_ok=True)
         (out / "cv.json").write_text(json.dumps(result, indent=1) + "\n")
