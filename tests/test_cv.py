@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import fit
+from tests.conftest import ROOT, fit
 from tests.helpers import make_dataset
 from training import cv, data, stats
 from training.__main__ import cli
@@ -121,3 +121,31 @@ def test_cv_with_a_fold_missing_scores_what_it_has(fold_fits, caplog):
     assert "folds [1] missing" in caplog.text
     val0 = data.split_of(data.read_manifest(load_checkpoint(runs["a", 0])[1]["manifest"]), "val")
     assert result["scores"]["a"]["n"] == len(val0)
+
+
+
+@pytest.mark.parametrize("budget, reference, seconds, lift, expected", [
+    (0.950, 0.954, 4908, 0.04, "SHIP --logit-tau 0.3"),  # trails by 0.4 points: ships, tau lifts 4 points
+    (0.950, 0.954, 4908, 0.02, "SHIP no tau"),  # tau lifts too little
+    (0.950, 0.956, 4908, 0.04, "KEEP"),  # trails by 0.6 points
+    (0.960, 0.954, 5500, 0.04, "KEEP"),  # better, but its fits took over 90 minutes
+])
+def test_decide_script_applies_the_rule(tmp_path, budget, reference, seconds, lift, expected):
+    import subprocess
+    import sys
+
+    def score(acc):
+        return {"accuracy": acc, "n": 2139, "lowest_recall": 0.8, "lowest_recall_class": "trash",
+                "logit_adjustment": {"tau": 0.3, "lowest_recall": 0.8 + lift}}
+
+    (tmp_path / "cv.json").write_text(json.dumps({"scores": {"budget": score(budget), "gpu": score(reference)}}))
+    (tmp_path / "train.log").write_text(f"...\nboth members: {seconds} s\n")
+    out = subprocess.run([sys.executable, str(ROOT / "training/reports/cv/decide.py"), str(tmp_path / "cv.json"),
+                          "--train-log", str(tmp_path / "train.log")], capture_output=True, text=True,
+                         check=True).stdout
+    verdict, *rest = expected.split(" ", 1)
+    assert out.startswith(verdict)
+    if verdict == "SHIP":
+        command = out.strip().splitlines()[-1]
+        assert command.startswith("python -m export runs/cpu-q1/best.pt runs/cpu-q2/best.pt")
+        assert ("--logit-tau 0.3" in command) == (rest == ["--logit-tau 0.3"])

@@ -1,0 +1,62 @@
+"""selection-rule.md's step 3 as code: read cv.json, print the decision and the export command it implies.
+
+    python training/reports/cv/decide.py training/reports/cv/cv.json [--budget budget --reference gpu]
+
+Exit 0 either way; the first line says which. Nothing here looks at test. The budget pair's fits must
+have ended within 90 minutes (the last line of --train-log, written by ../cpu-pair/run.sh), or it is void.
+"""
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+MARGIN = 0.005  # the budget recipe may trail by at most 0.5 points out of fold
+BUDGET_S = 90 * 60
+MIN_LIFT = 0.03  # a tau is used only if it lifts the out-of-fold lowest recall by 3 points
+EXPORT = ("python -m export runs/cpu-q1/best.pt runs/cpu-q2/best.pt --image-size 296 "
+          "--data ../shared/data/trashnet/dataset-resized --out models/ecosort --report training/reports/shipped")
+
+
+def decide(result: dict, budget: str, reference: str) -> tuple[bool, float | None, list[str]]:
+    b, r = result["scores"][budget], result["scores"][reference]
+    lines = [f"{name}: out-of-fold top-1 {100 * s['accuracy']:.2f}% of {s['n']}, lowest recall "
+             f"{100 * s['lowest_recall']:.1f}% ({s['lowest_recall_class']})"
+             for name, s in ((budget, b), (reference, r))]
+    ship = b["accuracy"] >= r["accuracy"] - MARGIN
+    adj = b["logit_adjustment"]
+    lift = adj["lowest_recall"] - b["lowest_recall"]
+    tau = adj["tau"] if ship and adj["tau"] > 0 and lift >= MIN_LIFT - 1e-9 else None
+    lines.append(f"{budget}'s tau {adj['tau']:.2f}: lowest recall {100 * b['lowest_recall']:.1f}% -> "
+                 f"{100 * adj['lowest_recall']:.1f}% ({100 * lift:+.1f} points; {100 * MIN_LIFT:.0f} needed)")
+    return ship, tau, lines
+
+
+def training_seconds(log: Path) -> int | None:
+    found = re.findall(r"both members: (\d+) s", log.read_text()) if log.exists() else []
+    return int(found[-1]) if found else None
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("cv_json")
+    p.add_argument("--budget", default="budget")
+    p.add_argument("--reference", default="gpu")
+    p.add_argument("--train-log", type=Path, default=Path(__file__).with_name("train.log"))
+    args = p.parse_args()
+    result = json.load(open(args.cv_json))
+    ship, tau, lines = decide(result, args.budget, args.reference)
+    seconds = training_seconds(args.train_log)
+    lines.append(f"budget pair's fits: {seconds} s (at most {BUDGET_S})")
+    if seconds is None or seconds > BUDGET_S:
+        ship, tau = False, None
+    print("SHIP the budget pair" if ship else "KEEP the GPU pair")
+    print("\n".join(lines))
+    if ship:
+        print(EXPORT + (f" --logit-tau {tau}" if tau is not None else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
