@@ -76,9 +76,19 @@ def fold_fits(pool, tmp_path_factory):
     runs = {}
     for name, seed in (("a", "1"), ("b", "2")):
         for i, m in enumerate(manifests):
-            fit(root, out / f"{name}{i}", "--manifest", str(m), "--seed", seed, "--max-steps", "2", "--no-report")
+            # Without --no-report too: a fold manifest has no test split, so the fit just skips its report.
+            extra = ("--no-report",) if name == "a" else ()
+            fit(root, out / f"{name}{i}", "--manifest", str(m), "--seed", seed, "--max-steps", "2", *extra)
             runs[name, i] = out / f"{name}{i}" / "best.pt"
     return root, runs
+
+
+def test_a_fold_fit_has_no_report_and_evaluate_says_why(fold_fits, caplog):
+    root, runs = fold_fits
+    assert runs["b", 0].exists() and not (runs["b", 0].parent / "report").exists()
+    with caplog.at_level(logging.ERROR):
+        assert cli(["evaluate", str(runs["b", 0]), "--data", str(root)]) == 2
+    assert "has no test split" in caplog.text
 
 
 def test_cv_pools_every_picture_once_and_pairs_recipes(fold_fits, tmp_path):

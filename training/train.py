@@ -246,7 +246,9 @@ def main(args) -> dict:
     if rank != 0:
         return {}
     (args.out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
-    if args.no_report:
+    if args.no_report or not data.split_of(manifest, "test"):
+        if not args.no_report:  # a fold manifest: its pictures are scored out of fold by `training cv`
+            log.info("%s has no test split: no report (score folds with `python -m training cv`)", args.manifest)
         return {"best_epoch": best["epoch"], "val": best["val"]}
     return calibrate_and_report(args.out / "best.pt", args.data, eval_loaders, device)
 
@@ -328,6 +330,8 @@ def calibrate_and_report(checkpoint: Path, data_root: Path, loaders=None, device
         tf = presets.eval_preset(**ckpt["preprocess"])
         loaders = {s: DataLoader(data.ImageList(data_root, data.split_of(manifest, s), tf), batch_size=32)
                    for s in ("val", "test")}
+    if not len(loaders["test"].dataset):
+        raise ValueError(f"{ckpt['manifest']} has no test split to report on (a fold manifest?)")
     start = time.time()
     val_logits, val_targets = predict(model, loaders["val"], device)
     temperature = fit_temperature(val_logits, val_targets)
