@@ -116,12 +116,18 @@ def test_cv_pools_every_picture_once_and_pairs_recipes(fold_fits, tmp_path):
     assert "| a vs b |" in (tmp_path / "cv.md").read_text()
 
 
-def test_cv_refuses_networks_not_trained_on_folds(fold_fits, fitted, caplog):
+def test_cv_refuses_networks_not_trained_on_folds_or_on_other_classes(fold_fits, fitted, tmp_path, caplog):
     root, runs = fold_fits
     run, _ = fitted
     with caplog.at_level(logging.ERROR):
         assert cli(["cv", "--recipe", "x", str(runs["a", 0]), str(run / "best.pt"), "--data", str(root)]) == 2
     assert "not trained on a fold manifest" in caplog.text
+    other = torch.load(runs["a", 1], weights_only=False)
+    other["classes"] = other["classes"][::-1]
+    torch.save(other, tmp_path / "other.pt")
+    with caplog.at_level(logging.ERROR):
+        assert cli(["cv", "--recipe", "x", str(runs["a", 0]), str(tmp_path / "other.pt"), "--data", str(root)]) == 2
+    assert "has classes" in caplog.text
 
 
 def test_cv_with_a_fold_missing_scores_what_it_has(fold_fits, caplog):

@@ -78,7 +78,7 @@ def write_folds(manifest_path: Path, data_root: Path, k: int, seed: int, out: Pa
     return paths
 
 
-def out_of_fold(checkpoints: list[Path], data_root: Path, size: int | None) -> dict:
+def out_of_fold(checkpoints: list[Path], data_root: Path, size: int | None, classes: list[str]) -> dict:
     """One recipe's pooled val predictions: {path: (probabilities, target)}.
 
     Checkpoints trained on the same fold are averaged (an ensemble recipe, as export
@@ -88,6 +88,8 @@ def out_of_fold(checkpoints: list[Path], data_root: Path, size: int | None) -> d
     pools, k = set(), set()
     for path in checkpoints:
         model, ckpt = load_checkpoint(path)
+        if ckpt["classes"] != classes:
+            raise ValueError(f"{path} has classes {ckpt['classes']}, the others {classes}")
         cv = data.read_manifest(ckpt["manifest"]).get("cv")
         if cv is None:
             raise ValueError(f"{path} was not trained on a fold manifest (`python -m training folds`)")
@@ -173,7 +175,7 @@ def run(recipes: list[list[str]], data_root: Path, size: int | None, out: Path |
         if not paths:
             raise ValueError(f"recipe {name} names no checkpoint")
         classes = classes or load_checkpoint(Path(paths[0]))[1]["classes"]
-        pooled[name] = out_of_fold([Path(p) for p in paths], data_root, size)
+        pooled[name] = out_of_fold([Path(p) for p in paths], data_root, size, classes)
     scores = {name: recipe_scores(p, classes) for name, p in pooled.items()}
     names = list(pooled)
     pairs = {f"{a} vs {b}": paired(pooled[a], pooled[b]) for i, a in enumerate(names) for b in names[i + 1:]}
