@@ -135,23 +135,26 @@ def test_cv_with_a_fold_missing_scores_what_it_has(fold_fits, caplog):
     with caplog.at_level(logging.WARNING):
         result = cv.run([["a", str(runs["a", 0])]], root, None, None)
     assert "folds [1] missing" in caplog.text
+    assert result["scores"]["a"]["folds"] == [0] and result["scores"]["a"]["k"] == 2
     val0 = data.split_of(data.read_manifest(load_checkpoint(runs["a", 0])[1]["manifest"]), "val")
     assert result["scores"]["a"]["n"] == len(val0)
 
 
 
-@pytest.mark.parametrize("budget, reference, seconds, lift, expected", [
-    (0.950, 0.954, 4908, 0.04, "SHIP --logit-tau 0.3"),  # trails by 0.4 points: ships, tau lifts 4 points
-    (0.950, 0.954, 4908, 0.02, "SHIP no tau"),  # tau lifts too little
-    (0.950, 0.956, 4908, 0.04, "KEEP"),  # trails by 0.6 points
-    (0.960, 0.954, 5500, 0.04, "KEEP"),  # better, but its fits took over 90 minutes
+@pytest.mark.parametrize("budget, reference, seconds, lift, partial, expected", [
+    (0.950, 0.954, 4908, 0.04, None, "SHIP --logit-tau 0.3"),  # trails by 0.4 points: ships, tau lifts 4 points
+    (0.950, 0.954, 4908, 0.02, None, "SHIP no tau"),  # tau lifts too little
+    (0.950, 0.956, 4908, 0.04, None, "KEEP"),  # trails by 0.6 points
+    (0.960, 0.954, 5500, 0.04, None, "KEEP"),  # better, but its fits took over 90 minutes
+    (0.960, 0.954, 4908, 0.04, [0, 2], "KEEP"),  # better on the folds it has, but one is missing
 ])
-def test_decide_script_applies_the_rule(tmp_path, budget, reference, seconds, lift, expected):
+def test_decide_script_applies_the_rule(tmp_path, budget, reference, seconds, lift, partial, expected):
     import subprocess
     import sys
 
     def score(acc):
         return {"accuracy": acc, "n": 2139, "lowest_recall": 0.8, "lowest_recall_class": "trash",
+                "folds": [0, 1, 2] if partial is None else partial, "k": 3,
                 "logit_adjustment": {"tau": 0.3, "lowest_recall": 0.8 + lift}}
 
     (tmp_path / "cv.json").write_text(json.dumps({"scores": {"budget": score(budget), "gpu": score(reference)}}))

@@ -78,8 +78,9 @@ def write_folds(manifest_path: Path, data_root: Path, k: int, seed: int, out: Pa
     return paths
 
 
-def out_of_fold(checkpoints: list[Path], data_root: Path, size: int | None, classes: list[str]) -> dict:
-    """One recipe's pooled val predictions: {path: (probabilities, target)}.
+def out_of_fold(checkpoints: list[Path], data_root: Path, size: int | None,
+                classes: list[str]) -> tuple[dict, list[int], int]:
+    """One recipe's pooled val predictions {path: (probabilities, target)}, its folds and k.
 
     Checkpoints trained on the same fold are averaged (an ensemble recipe, as export
     combines them); every fold may appear once and all must be cut from one pool.
@@ -105,10 +106,11 @@ def out_of_fold(checkpoints: list[Path], data_root: Path, size: int | None, clas
         mean = torch.stack([p for p, _ in runs]).mean(0)
         paths = [p for p, _ in data.split_of(data.read_manifest(members[0][1]["manifest"]), "val")]
         pooled.update({p: (mean[i], int(runs[0][1][i])) for i, p in enumerate(paths)})
-    missing = sorted(set(range(next(iter(k)))) - set(by_fold))
+    k = next(iter(k))
+    missing = sorted(set(range(k)) - set(by_fold))
     if missing:
         log.warning("folds %s missing: scores cover only %d pictures", missing, len(pooled))
-    return pooled
+    return pooled, sorted(by_fold), k
 
 
 def recipe_scores(pooled: dict, classes: list[str]) -> dict:
@@ -164,19 +166,20 @@ def markdown(scores: dict, pairs: dict, classes: list[str]) -> str:
         lines += ["", "| A vs B | pictures | only A right | only B right | A - B | McNemar p |",
                   "| --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {key} | {p['n']} | {p['only_a']} | {p['only_b']} | {100 * p['difference']:+.2f} pts | "
-                  f"{p['p']:.3f} |" for key, p in pairs.items()]
+                  f"{'< 0.001' if p['p'] < 0.001 else format(p['p'], '.3f')} |" for key, p in pairs.items()]
     return "\n".join(lines) + "\n"
 
 
 def run(recipes: list[list[str]], data_root: Path, size: int | None, out: Path | None) -> dict:
     """recipes: [[NAME, CHECKPOINT, ...], ...] as `--recipe` gives them."""
-    pooled, classes = {}, None
+    pooled, folds, classes = {}, {}, None
     for name, *paths in recipes:
         if not paths:
             raise ValueError(f"recipe {name} names no checkpoint")
         classes = classes or load_checkpoint(Path(paths[0]))[1]["classes"]
-        pooled[name] = out_of_fold([Path(p) for p in paths], data_root, size, classes)
-    scores = {name: recipe_scores(p, classes) for name, p in pooled.items()}
+        pooled[name], present, k = out_of_fold([Path(p) for p in paths], data_root, size, classes)
+        folds[name] = {"folds": present, "k": k}
+    scores = {name: {**recipe_scores(p, classes), **folds[name]} for name, p in pooled.items()}
     names = list(pooled)
     pairs = {f"{a} vs {b}": paired(pooled[a], pooled[b]) for i, a in enumerate(names) for b in names[i + 1:]}
     table = markdown(scores, pairs, classes)

@@ -49,7 +49,11 @@ def main() -> int:
     ship, tau, lines = decide(result, args.budget, args.reference)
     seconds = training_seconds(args.train_log)
     lines.append(f"budget pair's fits: {seconds} s (at most {BUDGET_S})")
-    if seconds is None or seconds > BUDGET_S:
+    partial = [n for n in (args.budget, args.reference)
+               if len(result["scores"][n].get("folds", [])) != result["scores"][n].get("k")]
+    if partial:
+        lines.append(f"VOID: {', '.join(partial)} not scored on every fold")
+    if seconds is None or seconds > BUDGET_S or partial:
         ship, tau = False, None
     print("SHIP the budget pair" if ship else "KEEP the GPU pair")
     print("\n".join(lines))
