@@ -36,7 +36,7 @@ def cli(argv=None) -> int:
     folds = sub.add_parser("folds", help="cut train+val of a manifest into k fold manifests (test left out)")
     folds.add_argument("--manifest", type=Path, required=True, help="split manifest whose train+val to cut")
     folds.add_argument("--data", type=Path, required=True, help="dataset folder (near-duplicates are re-found)")
-    folds.add_argument("--k", type=int, default=4)
+    folds.add_argument("--k", type=int, default=3, help="number of folds (3: training/splits/cv3/)")
     folds.add_argument("--seed", type=int, default=42)
     folds.add_argument("--out", type=Path, required=True, help="folder for fold-0.json ... fold-(k-1).json")
     folds.set_defaults(run=lambda a: cv.write_folds(a.manifest, a.data, a.k, a.seed, a.out))
