@@ -6,6 +6,9 @@
 #   bash training/reports/cv/run-gpu.sh fit   # the six fits (about 6-8 minutes on an H200 with 16 cores)
 #   bash training/reports/cv/run-gpu.sh cv    # then, on the same warm machine: cv.md, cv.json, logs into $OUT
 # The set-up and `fit` are in ../gpu_fit.sh; nothing but cv.json (every out-of-fold probability) and logs returns.
+# With this workplace's device tool: carry [".devrun"] (64 MB: the wheels and the 2,139 train+val pictures, the
+# pool the folds cut), and move models/*.onnx out of the working tree for the call (the transfer holds ~64 MB;
+# put them back before any commit), timeout 600 for `fit`; then `cv` on the warm machine; then decide.py here.
 set -u
 EPOCHS=${EPOCHS:-30} LIMIT=${LIMIT:-8} FIT_TIMEOUT=${FIT_TIMEOUT:-540}
 source training/reports/gpu_fit.sh
