@@ -1,0 +1,18 @@
+#!/bin/bash
+# The fits of run-gpu.sh, one per call, on this 2-core CPU: for sessions without a lent GPU (a fold fit of the budget
+# recipe takes about 40 minutes here; one of the GPU recipe, 30 epochs fully trained, about 110, estimated). Same
+# fold manifests, recipes and seeds, checkpoints in the same runs/cv-RECIPE-fFOLD; run `cv` and decide.py after.
+#   bash training/reports/cv/run-cpu.sh budget 0 > training/reports/cv/cpu-budget-f0.log 2>&1
+set -eu
+recipe=$1 fold=$2
+D=${D:-../shared/data/trashnet/dataset-resized}
+case $recipe in
+    gpu) extra="--seed $((80 + fold)) --epochs 30" ;;
+    budget) extra="--seed $((90 + fold)) --epochs ${BUDGET_EPOCHS:-17} --frozen-stages 2" ;;
+    *) echo "recipe is gpu or budget, not $recipe" >&2; exit 2 ;;
+esac
+start=$(date +%s)
+python -m training fit --data $D --manifest training/splits/cv3/fold-$fold.json --out runs/cv-$recipe-f$fold \
+    --backbone efficientnet_lite2 --strategy full --image-size 296 --patience 10 --workers 2 --device cpu \
+    --no-progress --no-report $extra
+echo "cv-$recipe-f$fold: $(( $(date +%s) - start )) s"
