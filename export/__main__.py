@@ -181,8 +181,8 @@ def main(args) -> int:
              swapped, OPSET)
 
     results, sessions = {}, {}
-    splits = (val, test, classes, counts)
-    results["fp32"], sessions["fp32"] = evaluate_variant(work / "fp32.onnx", *splits, args.logit_tau)
+    evaluation = (val, test, classes, counts)  # the same for both precisions
+    results["fp32"], sessions["fp32"] = evaluate_variant(work / "fp32.onnx", *evaluation, args.logit_tau)
     check = parity(model, sessions["fp32"], val[0][: args.parity_images])
     log.info("parity on %d validation images: max |dlogit| %.2e, argmax equal %s",
              check["images"], check["max_abs_logit_diff"], check["argmax_equal"])
@@ -198,7 +198,7 @@ def main(args) -> int:
         pick = np.random.default_rng(0).permutation(len(train))[: args.calibration_images]
         calibration, _ = load_arrays(data_root, [train[i] for i in sorted(pick)], spec)
         quant = quantize_int8(work / "fp32.onnx", work / "int8.onnx", calibration)
-        results["int8"], sessions["int8"] = evaluate_variant(work / "int8.onnx", *splits, args.logit_tau)
+        results["int8"], sessions["int8"] = evaluate_variant(work / "int8.onnx", *evaluation, args.logit_tau)
     speed = latency_ms(sessions, val[0][:1])
     shipped, reason = choose(results, speed, args.max_int8_loss)
     log.info("test accuracy %s; batch-1 latency %s ms; shipping %s: %s",

@@ -86,27 +86,29 @@ def out_of_fold(checkpoints: list[Path], data_root: Path, size: int | None,
     combines them); every fold may appear once and all must be cut from one pool.
     """
     by_fold: dict[int, list] = defaultdict(list)
-    pools, k = set(), set()
+    val_paths: dict[int, list[str]] = {}  # a fold's held-out pictures, in the order they are scored
+    pools, ks = set(), set()
     for path in checkpoints:
         model, ckpt = load_checkpoint(path)
         if ckpt["classes"] != classes:
             raise ValueError(f"{path} has classes {ckpt['classes']}, the others {classes}")
-        cv = data.read_manifest(ckpt["manifest"]).get("cv")
+        manifest = data.read_manifest(ckpt["manifest"])
+        cv = manifest.get("cv")
         if cv is None:
             raise ValueError(f"{path} was not trained on a fold manifest (`python -m training folds`)")
         pools.add(cv["pool"])
-        k.add(cv["k"])
+        ks.add(cv["k"])
         by_fold[cv["fold"]].append((model, ckpt))
-    if len(pools) > 1 or len(k) > 1:
-        raise ValueError(f"checkpoints come from different fold sets: pools {sorted(pools)}, k {sorted(k)}")
+        val_paths.setdefault(cv["fold"], [p for p, _ in data.split_of(manifest, "val")])
+    if len(pools) > 1 or len(ks) > 1:
+        raise ValueError(f"checkpoints come from different fold sets: pools {sorted(pools)}, k {sorted(ks)}")
     pooled = {}
-    for _, members in sorted(by_fold.items()):
+    for fold, members in sorted(by_fold.items()):
         at = size or members[0][1]["preprocess"]["crop"]
         runs = [probabilities(model, ckpt, data_root, [at], ("val",))[at, "val"] for model, ckpt in members]
         mean = torch.stack([p for p, _ in runs]).mean(0)
-        paths = [p for p, _ in data.split_of(data.read_manifest(members[0][1]["manifest"]), "val")]
-        pooled.update({p: (mean[i], int(runs[0][1][i])) for i, p in enumerate(paths)})
-    k = next(iter(k))
+        pooled.update({p: (mean[i], int(runs[0][1][i])) for i, p in enumerate(val_paths[fold])})
+    k = ks.pop()
     missing = sorted(set(range(k)) - set(by_fold))
     if missing:
         log.warning("folds %s missing: scores cover only %d pictures", missing, len(pooled))
