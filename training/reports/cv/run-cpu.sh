@@ -6,13 +6,10 @@
 set -eu
 recipe=$1 fold=$2
 D=${D:-../shared/data/trashnet/dataset-resized}
-case $recipe in
-    gpu) extra="--seed $((80 + fold)) --epochs 30" ;;
-    budget) extra="--seed $((90 + fold)) --epochs ${BUDGET_EPOCHS:-17} --frozen-stages 2" ;;
-    *) echo "recipe is gpu or budget, not $recipe" >&2; exit 2 ;;
-esac
+source training/reports/cv/recipes.sh
+extra=$(recipe $recipe $fold)
 start=$(date +%s)
 python -m training fit --data $D --manifest training/splits/cv3/fold-$fold.json --out runs/cv-$recipe-f$fold \
-    --backbone efficientnet_lite2 --strategy full --image-size 296 --patience 10 --workers 2 --device cpu \
+    --backbone efficientnet_lite2 --strategy full --patience 10 --workers 2 --device cpu \
     --no-progress --no-report $extra
 echo "cv-$recipe-f$fold: $(( $(date +%s) - start )) s"

@@ -12,12 +12,12 @@
 set -u
 EPOCHS=${EPOCHS:-30} LIMIT=${LIMIT:-8} FIT_TIMEOUT=${FIT_TIMEOUT:-540}
 source training/reports/gpu_fit.sh
+source training/reports/cv/recipes.sh
 FOLDS=${FOLDS:-0 1 2}
 if [ "${1:-fit}" = fit ]; then
     for i in $FOLDS; do
-        fit cv-gpu-f$i --manifest training/splits/cv3/fold-$i.json --seed $((80 + i)) --workers 3 --image-size 296 &
-        fit cv-budget-f$i --manifest training/splits/cv3/fold-$i.json --seed $((90 + i)) --workers 2 \
-            --image-size 296 --frozen-stages 2 --epochs ${BUDGET_EPOCHS:-17} &
+        fit cv-gpu-f$i --manifest training/splits/cv3/fold-$i.json $(recipe gpu $i) --workers 3 &
+        fit cv-budget-f$i --manifest training/splits/cv3/fold-$i.json $(recipe budget $i) --workers 2 &
     done
     wait
     for name in runs/cv-*-f?.log; do echo "$name"; grep -h "epoch\|limit\|Error\|error" $name | cut -c 1-150 | tail -3; done
