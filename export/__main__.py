@@ -58,6 +58,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "the lowest class recall at a cost of at most 2 val images (Menon et al., 2021)")
     p.add_argument("--logit-tau", type=float, help="the same adjustment with this tau instead of a fit on val "
                    "(e.g. the one `python -m training cv` fitted on out-of-fold predictions of the recipe)")
+    p.add_argument("--class-offset", metavar="CLASS=B", help="add B to one class's logit, after any tau (a recall "
+                   "floor's threshold, e.g. the one training/reports/cv/decide.py sets out of fold)")
     p.add_argument("--limit", type=int, default=0, help="evaluate on at most N images per split (tests)")
     p.add_argument("--report", type=Path, help="also write the shipped variant's report (summary, per-class "
                    "table, confusion matrix JSON + PNG) to this folder")
@@ -96,19 +98,23 @@ def git_commit() -> str | None:
         return None
 
 
-def evaluate_variant(path: Path, val, test, classes, counts: list[int] | None,
-                     tau: float | None = None) -> tuple[dict, ort.InferenceSession]:
-    """Calibration fitted on val (offsets if counts are given, with tau if given, then temperature),
-    measured on val and test."""
+def evaluate_variant(path: Path, val, test, classes, counts: list[int] | None, tau: float | None = None,
+                     class_offset: tuple[int, float] | None = None) -> tuple[dict, ort.InferenceSession]:
+    """Calibration fitted on val (prior offsets if counts are given, with tau if given; one class's
+    offset if given; then temperature), measured on val and test."""
     session = ort.InferenceSession(str(path), session_options(2, False, True), providers=["CPUExecutionProvider"])
     val_logits, test_logits = (torch.from_numpy(onnx_logits(session, x)) for x, _ in (val, test))
     val_targets, test_targets = torch.from_numpy(val[1]), torch.from_numpy(test[1])
     adjustment = None
-    if counts is not None:
-        source = "val" if tau is None else "given"
-        tau = fit_logit_adjustment(val_logits, val_targets, counts) if tau is None else tau
-        offsets = prior_offsets(counts, tau)
-        adjustment = {"tau": tau, "tau_from": source, "offsets": offsets.tolist(), "train_counts": counts,
+    if counts is not None or class_offset is not None:
+        source = None if counts is None else "val" if tau is None else "given"
+        if counts is not None and tau is None:
+            tau = fit_logit_adjustment(val_logits, val_targets, counts)
+        offsets = prior_offsets(counts, tau) if counts is not None else torch.zeros(len(classes))
+        if class_offset is not None:
+            offsets[class_offset[0]] += class_offset[1]
+        adjustment = {"tau": tau or 0.0, "tau_from": source, "offsets": offsets.tolist(), "train_counts": counts,
+                      "class_offset": None if class_offset is None else {classes[class_offset[0]]: class_offset[1]},
                       "unadjusted": {
             split: {"accuracy": float((z.argmax(1) == t).float().mean()), "lowest_recall": lowest_recall(z, t)}
             for split, z, t in (("val", val_logits, val_targets), ("test", test_logits, test_targets))}}
@@ -161,6 +167,11 @@ def main(args) -> int:
         log.error("--logit-tau takes a tau in [0, 10) and replaces --logit-adjustment fit; got %s with %s",
                   args.logit_tau, args.logit_adjustment)
         return 2
+    try:
+        class_offset = parse_class_offset(args.class_offset, classes)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
     if args.logit_adjustment == "fit" or args.logit_tau is not None:
         counts = class_counts(split_of(manifest, "train"), len(classes)).int().tolist()
     val = load_arrays(data_root, split_of(manifest, "val")[:limit], spec)
@@ -181,8 +192,8 @@ def main(args) -> int:
              swapped, OPSET)
 
     results, sessions = {}, {}
-    evaluation = (val, test, classes, counts)  # the same for both precisions
-    results["fp32"], sessions["fp32"] = evaluate_variant(work / "fp32.onnx", *evaluation, args.logit_tau)
+    evaluation = (val, test, classes, counts, args.logit_tau, class_offset)  # the same for both precisions
+    results["fp32"], sessions["fp32"] = evaluate_variant(work / "fp32.onnx", *evaluation)
     check = parity(model, sessions["fp32"], val[0][: args.parity_images])
     log.info("parity on %d validation images: max |dlogit| %.2e, argmax equal %s",
              check["images"], check["max_abs_logit_diff"], check["argmax_equal"])
@@ -198,7 +209,7 @@ def main(args) -> int:
         pick = np.random.default_rng(0).permutation(len(train))[: args.calibration_images]
         calibration, _ = load_arrays(data_root, [train[i] for i in sorted(pick)], spec)
         quant = quantize_int8(work / "fp32.onnx", work / "int8.onnx", calibration)
-        results["int8"], sessions["int8"] = evaluate_variant(work / "int8.onnx", *evaluation, args.logit_tau)
+        results["int8"], sessions["int8"] = evaluate_variant(work / "int8.onnx", *evaluation)
     speed = latency_ms(sessions, val[0][:1])
     shipped, reason = choose(results, speed, args.max_int8_loss)
     log.info("test accuracy %s; batch-1 latency %s ms; shipping %s: %s",
@@ -233,7 +244,22 @@ def main(args) -> int:
 
 def offsets(result: dict) -> tuple[float, ...] | None:
     adjustment = result["logit_adjustment"]
-    return tuple(adjustment["offsets"]) if adjustment and adjustment["tau"] > 0 else None
+    used = adjustment and (adjustment["tau"] > 0 or adjustment["class_offset"])
+    return tuple(adjustment["offsets"]) if used else None
+
+
+def parse_class_offset(text: str | None, classes: list[str]) -> tuple[int, float] | None:
+    """`trash=0.85` -> (index of trash, 0.85)."""
+    if text is None:
+        return None
+    name, _, value = text.partition("=")
+    try:
+        offset = float(value)
+    except ValueError:
+        offset = float("nan")
+    if name not in classes or not 0 <= offset < 10:
+        raise ValueError(f"--class-offset takes CLASS=B with CLASS one of {classes} and B in [0, 10); got {text!r}")
+    return classes.index(name), offset
 
 
 def choose(results: dict, speed: dict, max_loss_points: float) -> tuple[str, str]:

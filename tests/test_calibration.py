@@ -9,7 +9,7 @@ import torch
 from server import create_app
 from server.bundle import BundleError, load_bundle
 from tests.helpers import CLASSES, W, solid
-from training.calibration import fit_logit_adjustment, lowest_recall, prior_offsets
+from training.calibration import fit_class_offset, fit_logit_adjustment, lowest_recall, prior_offsets
 
 
 def skewed(n_common: int = 60, n_rare: int = 10, margin: float = 0.6, seed: int = 0):
@@ -49,6 +49,23 @@ def test_fit_leaves_a_balanced_model_alone():
     targets = torch.arange(3).repeat(20)
     logits = torch.nn.functional.one_hot(targets, 3).float() * 5  # every class already at 100%
     assert fit_logit_adjustment(logits, targets, [300, 300, 50]) == 0.0
+
+
+def test_class_offset_is_the_smallest_that_meets_the_floor():
+    logits, targets = skewed()
+    rare = targets == 2
+
+    def recall(offset):
+        shifted = logits.clone()
+        shifted[:, 2] += offset
+        return float((shifted[rare].argmax(1) == 2).float().mean())
+
+    assert recall(0.0) < 0.9
+    offset = fit_class_offset(logits, targets, 2, floor=0.9)
+    assert offset is not None and recall(offset) >= 0.9 and recall(round(offset - 0.05, 2)) < 0.9
+    # A floor no offset on the grid reaches, and a class already over it.
+    assert fit_class_offset(logits, targets, 2, floor=0.9, offsets=[0.01]) is None
+    assert fit_class_offset(logits, targets, 0, floor=0.5) == 0.0
 
 
 def with_offsets(tiny_bundle, tmp_path, offsets):

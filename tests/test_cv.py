@@ -114,6 +114,19 @@ def test_cv_pools_every_picture_once_and_pairs_recipes(fold_fits, tmp_path):
     assert pair["difference"] == pytest.approx(a["accuracy"] - result["scores"]["b"]["accuracy"])
     assert result["scores"]["ab"]["n"] == n  # two networks per fold: averaged, not counted twice
     assert "| a vs b |" in (tmp_path / "cv.md").read_text()
+    # Step 4's recall floor, recomputed from the stored out-of-fold probabilities.
+    floor = a["recall_floor"]["plain"]
+    assert floor["class"] == a["lowest_recall_class"] and floor["recall_before"] == a["lowest_recall"]
+    assert floor["accuracy_before"] == pytest.approx(a["accuracy"])
+    stored = result["predictions"]["a"].values()
+    logits = torch.tensor([p["probabilities"] for p in stored]).clamp_min(1e-12).log()
+    targets = torch.tensor([p["target"] for p in stored])
+    cls = result["classes"].index(floor["class"])
+    logits[:, cls] += floor["offset"] or 0.0
+    assert float((logits.argmax(1) == targets).float().mean()) == pytest.approx(floor["accuracy"], abs=1e-3)
+    if floor["offset"] is not None:
+        assert floor["recall"][floor["class"]] >= 0.9 > floor["recall_before"]
+    assert "Recall floor (90%)" in (tmp_path / "cv.md").read_text()
 
 
 def test_cv_refuses_networks_not_trained_on_folds_or_on_other_classes(fold_fits, fitted, tmp_path, caplog):
@@ -141,30 +154,47 @@ def test_cv_with_a_fold_missing_scores_what_it_has(fold_fits, caplog):
 
 
 
-@pytest.mark.parametrize("budget, reference, seconds, lift, partial, expected", [
-    (0.950, 0.954, 4908, 0.04, None, "SHIP --logit-tau 0.3"),  # trails by 0.4 points: ships, tau lifts 4 points
-    (0.950, 0.954, 4908, 0.02, None, "SHIP no tau"),  # tau lifts too little
-    (0.950, 0.956, 4908, 0.04, None, "KEEP"),  # trails by 0.6 points
-    (0.960, 0.954, 5500, 0.04, None, "KEEP"),  # better, but its fits took over 90 minutes
-    (0.960, 0.954, 4908, 0.04, [0, 2], "KEEP"),  # better on the folds it has, but one is missing
+@pytest.mark.parametrize("budget, reference, seconds, lift, partial, floor, expected", [
+    # step 3: trails by 0.4 points: ships, tau lifts 4 points; step 4: no floor offset
+    (0.950, 0.954, 4908, 0.04, None, None, "SHIP runs/cpu-q1 --logit-tau 0.3"),
+    (0.950, 0.954, 4908, 0.02, None, None, "SHIP runs/cpu-q1"),  # tau lifts too little
+    (0.950, 0.956, 4908, 0.04, None, None, "KEEP"),  # trails by 0.6 points: nothing to export
+    (0.960, 0.954, 5500, 0.04, None, None, "KEEP"),  # better, but its fits took over 90 minutes
+    (0.960, 0.954, 4908, 0.04, [0, 2], (0.85, 0.003), "KEEP"),  # one fold missing: void, step 4 too
+    # step 4: an offset within 0.5 points is added to whichever pair ships; a dearer one is not
+    (0.950, 0.954, 4908, 0.04, None, (0.85, 0.003), "SHIP runs/cpu-q1 --logit-tau 0.3 --class-offset trash=1.85"),
+    (0.950, 0.956, 4908, 0.04, None, (0.85, 0.003), "KEEP runs/g1 --class-offset trash=0.85"),
+    (0.950, 0.956, 4908, 0.04, None, (0.85, 0.008), "KEEP"),
 ])
-def test_decide_script_applies_the_rule(tmp_path, budget, reference, seconds, lift, partial, expected):
+def test_decide_script_applies_the_rule(tmp_path, budget, reference, seconds, lift, partial, floor, expected):
     import subprocess
     import sys
+
+    def recall_floor(acc, with_tau):
+        offset, cost = floor or (None, 0.0)
+        if with_tau:  # the tau's own floor: never the one to use unless step 3 took the tau
+            offset = None if offset is None else offset + 1
+        return {"class": "trash", "recall_before": 0.8, "offset": offset, "accuracy_before": acc,
+                "accuracy": acc - cost, "precision_before": 0.8, "precision": 0.7, "lowest_recall": 0.9,
+                "lowest_recall_class": "trash"}
 
     def score(acc):
         return {"accuracy": acc, "n": 2139, "lowest_recall": 0.8, "lowest_recall_class": "trash",
                 "folds": [0, 1, 2] if partial is None else partial, "k": 3,
-                "logit_adjustment": {"tau": 0.3, "lowest_recall": 0.8 + lift}}
+                "logit_adjustment": {"tau": 0.3, "lowest_recall": 0.8 + lift},
+                "recall_floor": {"plain": recall_floor(acc, False), "with_tau": recall_floor(acc, True)}}
 
     (tmp_path / "cv.json").write_text(json.dumps({"scores": {"budget": score(budget), "gpu": score(reference)}}))
     (tmp_path / "train.log").write_text(f"...\nboth members: {seconds} s\n")
     out = subprocess.run([sys.executable, str(ROOT / "training/reports/cv/decide.py"), str(tmp_path / "cv.json"),
                           "--train-log", str(tmp_path / "train.log")], capture_output=True, text=True,
                          check=True).stdout
-    verdict, *rest = expected.split(" ", 1)
+    verdict, *rest = expected.split(" ", 2)
     assert out.startswith(verdict)
-    if verdict == "SHIP":
-        command = out.strip().splitlines()[-1]
-        assert command.startswith("python -m export runs/cpu-q1/best.pt runs/cpu-q2/best.pt")
-        assert ("--logit-tau 0.3" in command) == (rest == ["--logit-tau 0.3"])
+    command = out.strip().splitlines()[-1]
+    if not rest:  # the shipped bundle stays as it is
+        assert not command.startswith("python -m export")
+        return
+    assert command.startswith(f"python -m export {rest[0]}/best.pt")
+    options = f" {rest[1]}" if len(rest) > 1 else ""
+    assert command.endswith("--report training/reports/shipped" + options)

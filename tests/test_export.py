@@ -5,6 +5,7 @@ import logging
 
 import onnx
 import pytest
+import torch
 
 from export.__main__ import get_args_parser, main
 from server import create_app
@@ -172,3 +173,27 @@ def test_logit_tau_given_is_used_as_is(fitted, tmp_path, caplog):
                       "--logit-adjustment", "fit") == 2
         assert export(run / "best.pt", tmp_path / "neg", "--no-int8", "--logit-tau", "-1") == 2
     assert "--logit-tau takes a tau" in caplog.text and not (tmp_path / "neg.json").exists()
+
+
+def test_class_offset_adds_to_one_class_after_the_tau(fitted, tmp_path, caplog):
+    from training.calibration import prior_offsets
+
+    run, _ = fitted
+    classes = torch.load(run / "best.pt", weights_only=False)["classes"]
+    last = classes[-1]
+    assert export(run / "best.pt", tmp_path / "floor", "--no-int8", "--logit-tau", "0.7",
+                  "--class-offset", f"{last}=0.5") == 0
+    bundle = load_bundle(tmp_path / "floor.json")
+    adjustment = bundle.metrics["logit_adjustment"]
+    assert adjustment["class_offset"] == {last: 0.5}
+    expected = prior_offsets(adjustment["train_counts"], 0.7)
+    expected[-1] += 0.5
+    assert bundle.calibration.logit_offsets == pytest.approx(expected.tolist())
+    # Alone, without a tau, it is the only offset the server adds.
+    assert export(run / "best.pt", tmp_path / "alone", "--no-int8", "--class-offset", f"{last}=0.5") == 0
+    alone = load_bundle(tmp_path / "alone.json")
+    assert alone.calibration.logit_offsets == pytest.approx([0.0] * (len(classes) - 1) + [0.5])
+    with caplog.at_level(logging.ERROR, logger="export"):
+        for bad in ("nope=0.5", f"{last}=-1", f"{last}=x", last):
+            assert export(run / "best.pt", tmp_path / "bad", "--no-int8", "--class-offset", bad) == 2
+    assert "--class-offset takes CLASS=B" in caplog.text and not (tmp_path / "bad.json").exists()

@@ -66,3 +66,22 @@ def fit_logit_adjustment(logits: torch.Tensor, targets: torch.Tensor, counts, ma
         if best_key is None or key > best_key:  # strictly better only: the smaller tau wins ties
             best_key, best_tau = key, tau
     return best_tau
+
+
+def fit_class_offset(logits: torch.Tensor, targets: torch.Tensor, cls: int, floor: float = 0.9,
+                     offsets=None) -> float | None:
+    """The smallest offset on class cls's logit that takes its recall to the floor (0 if it is there
+    already); None if none does.
+
+    A recall target is a floor on one class, so it is met by moving that class's decision
+    threshold, not by reweighting all classes the way a tau does; the smallest offset that
+    meets it costs the other classes least.
+    """
+    offsets = offsets if offsets is not None else [round(0.05 * i, 2) for i in range(61)]  # 0 to 3
+    own = logits[targets == cls]
+    for offset in offsets:
+        shifted = own.clone()
+        shifted[:, cls] += offset
+        if float((shifted.argmax(1) == cls).float().mean()) >= floor - 1e-9:
+            return offset
+    return None

@@ -23,13 +23,14 @@ import torch
 from sklearn.model_selection import StratifiedGroupKFold
 
 from . import data, stats
-from .calibration import fit_logit_adjustment, prior_offsets
+from .calibration import fit_class_offset, fit_logit_adjustment, prior_offsets
 from .compare import probabilities
 from .train import load_checkpoint
 
 log = logging.getLogger(__name__)
 POOL = ("train", "val")
 ADJUSTMENT_MAX_DROP = 0.0025  # share of the pictures a fitted tau may give up
+RECALL_FLOOR = 0.90  # the per-class recall target (selection-rule.md, step 4)
 
 
 def pool_id(items: list[dict]) -> str:
@@ -134,10 +135,36 @@ def recipe_scores(pooled: dict, classes: list[str]) -> dict:
     tau = fit_logit_adjustment(logits, targets, counts, max_drop=round(ADJUSTMENT_MAX_DROP * len(targets)))
     adjusted = (logits + prior_offsets(counts, tau)).argmax(1)
     adj_worst, adj_low = stats.lowest(stats.per_class_recall(adjusted, targets, len(classes)))
+    floor = {"plain": recall_floor(logits, targets, classes),
+             "with_tau": recall_floor(logits + prior_offsets(counts, tau), targets, classes)}
     return {"n": len(targets), "accuracy": hits / len(targets), "ci": stats.wilson(hits, len(targets)),
             "per_class": per_class, "lowest_recall": low, "lowest_recall_class": classes[worst],
             "logit_adjustment": {"tau": tau, "accuracy": float((adjusted == targets).float().mean()),
-                                 "lowest_recall": adj_low, "lowest_recall_class": classes[adj_worst]}}
+                                 "lowest_recall": adj_low, "lowest_recall_class": classes[adj_worst]},
+            "recall_floor": floor}
+
+
+def recall_floor(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict:
+    """The offset on the lowest class's logit that lifts its recall to RECALL_FLOOR, and what it costs."""
+    before = logits.argmax(1)
+    worst, low = stats.lowest(stats.per_class_recall(before, targets, len(classes)))
+    offset = fit_class_offset(logits, targets, worst, RECALL_FLOOR) if low < RECALL_FLOOR else None
+    shifted = logits.clone()
+    shifted[:, worst] += offset or 0.0
+    after = shifted.argmax(1)
+    recall = stats.per_class_recall(after, targets, len(classes))
+    new_worst, new_low = stats.lowest(recall)
+
+    def precision(pred: torch.Tensor) -> float:  # of the pictures called `worst`, the share that are
+        called = pred == worst
+        return float((targets[called] == worst).float().mean()) if called.any() else float("nan")
+
+    return {"class": classes[worst], "recall_before": low, "offset": offset,
+            "accuracy_before": float((before == targets).float().mean()),
+            "accuracy": float((after == targets).float().mean()),
+            "precision_before": precision(before), "precision": precision(after),
+            "recall": dict(zip(classes, recall)), "lowest_recall": new_low,
+            "lowest_recall_class": classes[new_worst]}
 
 
 def paired(a: dict, b: dict) -> dict:
@@ -164,6 +191,17 @@ def markdown(scores: dict, pairs: dict, classes: list[str]) -> str:
         lines.append(f"| {name} | {s['n']} | {pct(s['accuracy'])} ({pct(s['ci'][0])}-{pct(s['ci'][1])}) | "
                      + " | ".join(recalls) + f" | {adj['tau']:.2f}, {pct(adj['accuracy'])}, "
                      f"{100 * adj['lowest_recall']:.1f}% ({adj['lowest_recall_class']}) |")
+    lines += ["", f"Recall floor ({100 * RECALL_FLOOR:.0f}%): the offset on the lowest class's logit that lifts its "
+              "recall to the floor (selection-rule.md, step 4)", "",
+              "| recipe | logits | class | recall | offset | top-1 | its precision | lowest recall after |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, s in scores.items():
+        for kind, f in s["recall_floor"].items():
+            offset = "none needed" if f["recall_before"] >= RECALL_FLOOR else (
+                "none <= 3" if f["offset"] is None else f"+{f['offset']:.2f}")
+            lines.append(f"| {name} | {kind} | {f['class']} | {100 * f['recall_before']:.1f}% | {offset} | "
+                         f"{pct(f['accuracy_before'])} -> {pct(f['accuracy'])} | {pct(f['precision_before'])} -> "
+                         f"{pct(f['precision'])} | {100 * f['lowest_recall']:.1f}% ({f['lowest_recall_class']}) |")
     if pairs:
         lines += ["", "| A vs B | pictures | only A right | only B right | A - B | McNemar p |",
                   "| --- | --- | --- | --- | --- | --- |"]
