@@ -133,10 +133,11 @@ def recipe_scores(pooled: dict, classes: list[str]) -> dict:
     counts = [per_class[c]["n"] for c in classes]
     logits = probs.clamp_min(1e-12).log()
     tau = fit_logit_adjustment(logits, targets, counts, max_drop=round(ADJUSTMENT_MAX_DROP * len(targets)))
-    adjusted = (logits + prior_offsets(counts, tau)).argmax(1)
+    adjusted_logits = logits + prior_offsets(counts, tau)
+    adjusted = adjusted_logits.argmax(1)
     adj_worst, adj_low = stats.lowest(stats.per_class_recall(adjusted, targets, len(classes)))
     floor = {"plain": recall_floor(logits, targets, classes),
-             "with_tau": recall_floor(logits + prior_offsets(counts, tau), targets, classes)}
+             "with_tau": recall_floor(adjusted_logits, targets, classes)}
     return {"n": len(targets), "accuracy": hits / len(targets), "ci": stats.wilson(hits, len(targets)),
             "per_class": per_class, "lowest_recall": low, "lowest_recall_class": classes[worst],
             "logit_adjustment": {"tau": tau, "accuracy": float((adjusted == targets).float().mean()),

@@ -78,9 +78,10 @@ def main() -> int:
     if seconds is None or seconds > BUDGET_S or partial:
         ship, tau = False, None
     shipped = args.budget if ship else args.reference
-    offset, floor_lines = recall_floor(result["scores"][shipped], tau)
     if partial:
         offset, floor_lines = None, ["step 4: void with step 3"]
+    else:
+        offset, floor_lines = recall_floor(result["scores"][shipped], tau)
     print("SHIP the budget pair" if ship else "KEEP the GPU pair")
     print("\n".join(lines + floor_lines))
     if ship or offset:  # on KEEP without an offset the shipped bundle stays as it is
