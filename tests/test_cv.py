@@ -129,6 +129,32 @@ def test_cv_pools_every_picture_once_and_pairs_recipes(fold_fits, tmp_path):
     assert "Recall floor (90%)" in (tmp_path / "cv.md").read_text()
 
 
+def test_cv_with_views_scores_flipped_copies_of_the_same_pictures(fold_fits, tmp_path):
+    root, runs = fold_fits
+    assert cli(["cv", "--recipe", "a", str(runs["a", 0]), str(runs["a", 1]), "--data", str(root),
+                "--views", "2", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "cv.json").read_text())
+    assert result["views"] == 2 and result["floor"] == cv.RECALL_FLOOR
+    # Fold 0's pictures by hand: the mean of the network's probabilities on each picture and its mirror.
+    model, ckpt = load_checkpoint(runs["a", 0])
+    plain = probabilities(model, ckpt, root, [64], ("val",))[64, "val"][0]
+    mirrored = probabilities(FlipOnly(model), ckpt, root, [64], ("val",))[64, "val"][0]
+    paths = [p for p, _ in data.split_of(data.read_manifest(ckpt["manifest"]), "val")]
+    got = torch.tensor([result["predictions"]["a"][p]["probabilities"] for p in paths])
+    assert torch.allclose(got, (plain + mirrored) / 2, atol=1e-4)
+    with pytest.raises(SystemExit):  # argparse: 1, 2 or 4
+        cli(["cv", "--recipe", "a", str(runs["a", 0]), "--data", str(root), "--views", "3"])
+
+
+class FlipOnly(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image):
+        return self.model(image.flip(-1))
+
+
 def test_cv_refuses_networks_not_trained_on_folds_or_on_other_classes(fold_fits, fitted, tmp_path, caplog):
     root, runs = fold_fits
     run, _ = fitted
@@ -198,3 +224,43 @@ def test_decide_script_applies_the_rule(tmp_path, budget, reference, seconds, li
     assert command.startswith(f"python -m export {rest[0]}/best.pt")
     options = f" {rest[1]}" if len(rest) > 1 else ""
     assert command.endswith("--report training/reports/shipped" + options)
+
+
+@pytest.mark.parametrize("views2, views4, expected", [
+    # (top-1, lowest recall, floor offset: (b, top-1 with it, lowest recall with it) or None)
+    ((0.940, 0.91, None), (0.945, 0.92, None), "USE 2 VIEWS"),  # at the floor as they are: the cheaper
+    ((0.925, 0.91, None), (0.935, 0.92, None), "USE 4 VIEWS"),  # 2 views cost 1.05 points
+    ((0.940, 0.86, (0.4, 0.933, 0.90)), (0.940, 0.86, None), "USE 2 VIEWS trash=0.4"),  # offset 0.25 pts
+    ((0.940, 0.86, (0.9, 0.925, 0.90)), (0.940, 0.86, (0.5, 0.932, 0.91)), "USE 4 VIEWS trash=0.5"),
+    ((0.940, 0.86, (0.4, 0.934, 0.89)), (0.940, 0.86, None), "NO VIEWS"),  # another class falls under
+    ((0.936, 0.86, (0.9, 0.920, 0.90)), (0.936, 0.86, (0.9, 0.925, 0.90)), "NO VIEWS"),  # too dear
+])
+def test_decide_views_script_applies_step_5(tmp_path, views2, views4, expected):
+    import subprocess
+    import sys
+
+    def result(views, acc, lowest, floor):
+        b, after, low_after = floor or (None, acc, lowest)
+        score = {"accuracy": acc, "n": 2139, "folds": [0, 1, 2], "k": 3, "lowest_recall": lowest,
+                 "lowest_recall_class": "trash",
+                 "recall_floor": {"plain": {"class": "trash", "offset": b, "accuracy": after,
+                                            "lowest_recall": low_after, "lowest_recall_class": "trash",
+                                            "precision_before": 0.7, "precision": 0.6}}}
+        return {"views": views, "floor": 0.9, "recipes": {"budget": []}, "scores": {"budget": score}}
+
+    files = []
+    for name, r in (("plain", result(1, 0.9355, 0.845, None)), ("v2", result(2, *views2)),
+                    ("v4", result(4, *views4))):
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(r))
+    out = subprocess.run([sys.executable, str(ROOT / "training/reports/cv/decide_views.py"), *map(str, files)],
+                         capture_output=True, text=True, check=True).stdout
+    verdict = " ".join(expected.split()[:3])
+    assert out.startswith(verdict)
+    command = out.strip().splitlines()[-1]
+    if verdict == "NO VIEWS":
+        assert not command.startswith("python -m export")
+        return
+    assert command.startswith("python -m export runs/cpu-q1/best.pt runs/cpu-q2/best.pt")
+    offset = expected.split()[3:]
+    assert command.endswith(f"--views {expected.split()[1]}" + (f" --class-offset {offset[0]}" if offset else ""))

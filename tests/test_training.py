@@ -11,7 +11,7 @@ import torch
 
 from tests.helpers import make_dataset
 from training import data
-from training.models import apply_strategy, build_model, load_by_position, set_train_mode
+from training.models import Views, apply_strategy, build_model, load_by_position, set_train_mode
 from training.train import load_checkpoint
 
 
@@ -111,6 +111,25 @@ def test_resnet50_weights_missing_names_both_ways(tmp_path, monkeypatch):
     torch.save(build_model("resnet50", 1000, pretrained=False).state_dict(), weights)
     model = build_model("resnet50", 6, weights_file=weights)
     assert model.fc.out_features == 6
+
+
+def test_views_average_the_probabilities_over_flips():
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", 6, pretrained=False).eval()
+    image = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        flips = [image, image.flip(-1), image.flip(-2), image.flip(-2, -1)]
+        each = [model(x).softmax(1) for x in flips]
+        for views in (1, 2, 4):
+            got = Views(model, views)(image)
+            assert torch.allclose(got.softmax(1), torch.stack(each[:views]).mean(0), atol=1e-5)
+            assert torch.allclose(got.exp().sum(1), torch.ones(3), atol=1e-5)  # log of a probability
+        # A picture the same every way round gets the network's own answer back.
+        symmetric = image + image.flip(-1)
+        symmetric = symmetric + symmetric.flip(-2)
+        assert torch.allclose(Views(model, 4)(symmetric).softmax(1), model(symmetric).softmax(1), atol=1e-5)
+    with pytest.raises(ValueError, match="views must be one of"):
+        Views(model, 3)
 
 
 def test_frozen_batchnorm_stays_in_eval():

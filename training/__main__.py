@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from . import compare, cv, data
+from .models import VIEWS
 from .train import calibrate_and_report, get_args_parser, main
 
 
@@ -46,8 +47,10 @@ def cli(argv=None) -> int:
                      "as export's ensemble graph does); repeat for each recipe")
     cvp.add_argument("--data", type=Path, required=True)
     cvp.add_argument("--size", type=int, help="input size for all (default: each fold's first network's)")
+    cvp.add_argument("--views", type=int, choices=VIEWS, default=1,
+                     help="average each network over flips: 1 none, 2 and the mirror, 4 and upside down too")
     cvp.add_argument("--out", type=Path, help="folder for cv.md and cv.json")
-    cvp.set_defaults(run=lambda a: cv.run(a.recipe, a.data, a.size, a.out))
+    cvp.set_defaults(run=lambda a: cv.run(a.recipe, a.data, a.size, a.out, a.views))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

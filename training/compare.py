@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from . import data, presets, stats
 from .engine import predict
-from .models import spec_at_size
+from .models import Views, spec_at_size
 from .train import load_checkpoint, same_split
 
 log = logging.getLogger(__name__)
@@ -25,11 +25,11 @@ SPLITS = ("val", "test")
 
 
 def probabilities(model: torch.nn.Module, ckpt: dict, data_root: Path, sizes: list[int],
-                  splits: tuple[str, ...] = SPLITS) -> dict:
-    """{(size, split): (probabilities, targets)} for one network."""
+                  splits: tuple[str, ...] = SPLITS, views: int = 1) -> dict:
+    """{(size, split): (probabilities, targets)} for one network, averaged over `views` flips."""
     manifest = data.read_manifest(ckpt["manifest"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a lent GPU scores folds there
-    model.to(device)
+    model = (Views(model, views) if views > 1 else model).to(device)
     out = {}
     for size in sizes:
         tf = presets.eval_preset(**spec_at_size(ckpt["preprocess"], size))

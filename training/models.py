@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ LITE = {
 }
 BACKBONES = ("resnet50", *LITE)
 STRATEGIES = ("head", "last", "full")
+VIEWS = (1, 2, 4)  # test-time views: the picture; and its mirror; and both upside down
 
 
 def preprocess_spec(backbone: str) -> dict:
@@ -140,3 +142,25 @@ def set_train_mode(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
             m.eval()
+
+
+class Views(nn.Module):
+    """A network averaged over flipped copies of its input: log of the mean probability.
+
+    Training flips pictures both ways (presets.train_preset), so a flipped picture is one
+    the network was taught on; averaging over them is an ensemble bought with inference
+    time, not training time. softmax(output) is the mean probability, as in export's Ensemble.
+    """
+
+    def __init__(self, model: nn.Module, views: int):
+        super().__init__()
+        if views not in VIEWS:
+            raise ValueError(f"views must be one of {VIEWS}, not {views}")
+        self.model, self.views = model, views
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        flips = [[], [-1], [-2], [-2, -1]][:self.views]
+        # One batch through the network: faster on CPU than `views` separate calls.
+        batch = torch.cat([image.flip(dims) if dims else image for dims in flips])
+        log_probs = self.model(batch).log_softmax(1).unflatten(0, (self.views, len(image)))
+        return torch.logsumexp(log_probs, 0) - math.log(self.views)
