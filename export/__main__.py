@@ -26,7 +26,7 @@ from server.runtime import session_options
 from training.calibration import fit_logit_adjustment, fit_temperature, lowest_recall, prior_offsets
 from training.constants import UNCERTAIN_BELOW
 from training.data import read_manifest, split_of
-from training.models import spec_at_size, strategy_label
+from training.models import VIEWS, Views, spec_at_size, strategy_label
 from training.report import classification_metrics, write_report
 from training.train import class_counts, load_checkpoint, same_split
 
@@ -60,6 +60,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "(e.g. the one `python -m training cv` fitted on out-of-fold predictions of the recipe)")
     p.add_argument("--class-offset", metavar="CLASS=B", help="add B to one class's logit, after any tau (a recall "
                    "floor's threshold, e.g. the one training/reports/cv/decide.py sets out of fold)")
+    p.add_argument("--views", type=int, choices=VIEWS, default=1, help="average each network over flipped copies "
+                   "inside the graph: 1 none, 2 and the mirror, 4 and upside down too (each view costs a pass)")
     p.add_argument("--limit", type=int, default=0, help="evaluate on at most N images per split (tests)")
     p.add_argument("--report", type=Path, help="also write the shipped variant's report (summary, per-class "
                    "table, confusion matrix JSON + PNG) to this folder")
@@ -128,8 +130,10 @@ def evaluate_variant(path: Path, val, test, classes, counts: list[int] | None, t
     }, session
 
 
-def load_members(paths: list[Path], image_size: int | None) -> tuple[torch.nn.Module, list[dict], Preprocess]:
-    """One network, or an Ensemble of several that agree on everything the bundle states once."""
+def load_members(paths: list[Path], image_size: int | None,
+                 views: int = 1) -> tuple[torch.nn.Module, list[dict], Preprocess]:
+    """One network, or an Ensemble of several that agree on everything the bundle states once;
+    with views > 1 each network is averaged over its flipped copies first (training.models.Views)."""
     models, ckpts = zip(*(load_checkpoint(p) for p in paths))
     first = ckpts[0]
     try:
@@ -146,13 +150,15 @@ def load_members(paths: list[Path], image_size: int | None) -> tuple[torch.nn.Mo
                              f"crop, {paths[0]} to {first['preprocess']['resize']} for {first['preprocess']['crop']}: "
                              "not one ensemble")
     spec = Preprocess(**{**raw, "mean": tuple(raw["mean"]), "std": tuple(raw["std"])})
+    if views > 1:
+        models = tuple(Views(m, views).eval() for m in models)
     model = models[0] if len(models) == 1 else Ensemble(list(models)).eval()
     return model, list(ckpts), spec
 
 
 def main(args) -> int:
     try:
-        model, ckpts, spec = load_members(args.checkpoints, args.image_size)
+        model, ckpts, spec = load_members(args.checkpoints, args.image_size, args.views)
     except (ValueError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 2
@@ -229,13 +235,14 @@ def main(args) -> int:
             metrics={"precision": precision, **results[precision], "parity": check, "variants": summary,
                      "graph": graph,
                      "shipped": shipped, "decision": reason, "quantization": quant if precision == "int8" else None},
-            provenance=provenance(ckpts, args.checkpoints, manifest_path),
+            provenance={**provenance(ckpts, args.checkpoints, manifest_path), "views": args.views},
         )
         write_bundle(bundle, args.out.parent / f"{name}.json")
         log.info("wrote %s", args.out.parent / f"{name}.json")
     if args.report:
         write_report(args.report, f"{args.out.name} ({shipped})", {
-            "backbone": backbones, "strategy": " + ".join(strategy_label(c) for c in ckpts),
+            "backbone": backbones + (f", averaged over {args.views} flipped views" if args.views > 1 else ""),
+            "strategy": " + ".join(strategy_label(c) for c in ckpts),
             "best_epoch": "+".join(str(c["epoch"]) for c in ckpts), **results[shipped]}, classes)
         log.info("report in %s", args.report)
     shutil.rmtree(work, ignore_errors=True)

@@ -114,6 +114,36 @@ def test_ensemble_is_one_graph_of_mean_probabilities(fitted, second_member, tmp_
     assert np.abs(probs[0] - probs[1]).max() > 1e-3  # two different members, or the test proves nothing
 
 
+def test_views_are_flips_inside_the_graph(fitted, second_member, tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    from training.train import load_checkpoint
+
+    run, _ = fitted
+    members = [run / "best.pt", second_member]
+    last = load_checkpoint(members[0])[1]["classes"][-1]
+    assert export(members, tmp_path / "views", "--views", "4", "--image-size", "72",
+                  "--class-offset", f"{last}=0.5") == 0
+    bundle = load_bundle(tmp_path / "views.json")
+    assert bundle.provenance["views"] == 4 and bundle.metrics["parity"]["max_abs_logit_diff"] <= 1e-4
+    assert bundle.metrics["logit_adjustment"]["class_offset"] == {last: 0.5}
+    image = np.random.default_rng(1).normal(size=(3, 3, 72, 72)).astype(np.float32)
+    x = torch.from_numpy(image)
+    with torch.no_grad():  # the mean over 2 networks x 4 flips, batch of 3 (the batch axis stays dynamic)
+        nets = [load_checkpoint(p)[0] for p in members]
+        probs = torch.stack([n(v).softmax(1) for n in nets
+                             for v in (x, x.flip(-1), x.flip(-2), x.flip(-2, -1))]).mean(0).numpy()
+    fp32 = tmp_path / "views-fp32.onnx"  # int8 ships or not; the fp32 graph is the exact one
+    onnx_path = fp32 if fp32.exists() else bundle.onnx_path
+    logits = ort.InferenceSession(str(onnx_path)).run(None, {"image": image})[0]
+    got = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    assert np.abs(got - probs).max() < 1e-5
+    client = create_app({"model": tmp_path / "views.json", "ort_threads": 1}).test_client()
+    answer = client.post("/v1/classify", data=SAMPLES[0].read_bytes(), content_type="image/jpeg")
+    assert answer.status_code == 200 and answer.get_json()["label"] in bundle.classes
+
+
 @pytest.mark.parametrize("change", ["classes", "mean", "ratio"])
 def test_ensemble_of_networks_that_disagree_is_refused(fitted, tmp_path, caplog, change):
     import torch

@@ -162,5 +162,5 @@ class Views(nn.Module):
         flips = [[], [-1], [-2], [-2, -1]][:self.views]
         # One batch through the network: faster on CPU than `views` separate calls.
         batch = torch.cat([image.flip(dims) if dims else image for dims in flips])
-        log_probs = self.model(batch).log_softmax(1).unflatten(0, (self.views, len(image)))
+        log_probs = self.model(batch).log_softmax(1).unflatten(0, (self.views, -1))  # -1: batch stays dynamic in ONNX
         return torch.logsumexp(log_probs, 0) - math.log(self.views)
