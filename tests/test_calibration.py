@@ -10,6 +10,7 @@ from server import create_app
 from server.bundle import BundleError, load_bundle
 from tests.helpers import CLASSES, W, solid
 from training.calibration import fit_class_offset, fit_logit_adjustment, lowest_recall, prior_offsets
+from training.report import adjustment_lines
 
 
 def skewed(n_common: int = 60, n_rare: int = 10, margin: float = 0.6, seed: int = 0):
@@ -75,6 +76,19 @@ def with_offsets(tiny_bundle, tmp_path, offsets):
     raw["calibration"]["logit_offsets"] = offsets
     (tmp_path / "tiny.json").write_text(json.dumps(raw))
     return tmp_path / "tiny.json"
+
+
+@pytest.mark.parametrize("tau_from, class_offset, says", [
+    ("val", None, "logit adjustment: tau 0.30 (fitted on val; 0 = none); without it test 91.00%"),
+    ("given", {"trash": 0.75}, "logit adjustment: tau 0.30 (given; 0 = none), offset +0.75 on trash; without"),
+    (None, {"trash": 0.75}, "logit adjustment: offset +0.75 on trash; without it test 91.00%, lowest recall 80.0%"),
+])
+def test_report_says_what_the_adjustment_is(tau_from, class_offset, says):
+    raw = {"accuracy": 0.91, "lowest_recall": 0.8}
+    adjustment = {"tau": 0.3 if tau_from else 0.0, "tau_from": tau_from, "class_offset": class_offset,
+                  "unadjusted": {"val": raw, "test": raw}}
+    assert says in adjustment_lines(adjustment)[0]
+    assert adjustment_lines(None) == []
 
 
 def test_server_adds_the_offsets_before_the_temperature(tiny_bundle, tmp_path):

@@ -80,11 +80,17 @@ def interval(share: float, n: int) -> str:
 
 
 def adjustment_lines(adjustment: dict | None) -> list[str]:
+    """What the bundle adds to the logits (a tau over the class priors, one class's offset) and
+    what the test split says without it."""
     if not adjustment:
         return []
     raw = adjustment["unadjusted"]
-    source = "given" if adjustment.get("tau_from") == "given" else "fitted on val"
-    return [f"- logit adjustment tau {adjustment['tau']:.2f} ({source}; 0 = none): without it test "
+    parts = []
+    if adjustment.get("tau_from") is not None:
+        source = "given" if adjustment["tau_from"] == "given" else "fitted on val"
+        parts.append(f"tau {adjustment['tau']:.2f} ({source}; 0 = none)")
+    parts += [f"offset {value:+.2f} on {name}" for name, value in (adjustment.get("class_offset") or {}).items()]
+    return [f"- logit adjustment: {', '.join(parts) or 'none'}; without it test "
             f"{100 * raw['test']['accuracy']:.2f}%, lowest recall {100 * raw['test']['lowest_recall']:.1f}% "
             f"(val {100 * raw['val']['accuracy']:.2f}%, {100 * raw['val']['lowest_recall']:.1f}%)"]
 
