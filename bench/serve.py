@@ -50,7 +50,7 @@ class Gunicorn:
             try:
                 if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
                     return time.time() - start
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still warming up
                 pass
             time.sleep(0.05)
         raise AssertionError("server never became ready:\n" + self.output())
