@@ -83,7 +83,8 @@ def head_to_head(shipped: Path, paths: list[Path], frame: bytes, server: Gunicor
     exact = Ours(shipped, CORES, fast_decode=False)
     bundle = ours_full.bundle
     members = bundle.provenance.get("members") or [{"backbone": bundle.provenance.get("backbone", "resnet50")}]
-    torch_cases = Torch(bundle.preprocess, [m["backbone"] for m in members], CORES, len(bundle.classes))
+    torch_cases = Torch(bundle.preprocess, [m["backbone"] for m in members], CORES, len(bundle.classes),
+                        bundle.provenance.get("views", 1))
     batch1 = ours_full.clf.prepare(frame)[0][None]
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
 

@@ -50,13 +50,13 @@ class Torch:
     """PyTorch eager on CPU: the old project's way (ResNet50, squashed 224x224) and our
     backbone the same way, for the ratios. Imported only when torch is installed."""
 
-    def __init__(self, spec, backbones: list[str], threads: int, num_classes: int):
+    def __init__(self, spec, backbones: list[str], threads: int, num_classes: int, views: int = 1):
         import torch
         from PIL import Image
         from torchvision import models
         from torchvision import transforms as T
 
-        from training.models import build_model
+        from training.models import Views, build_model
         from training.presets import eval_preset
 
         torch.set_num_threads(threads)
@@ -69,6 +69,8 @@ class Torch:
         self.transform = eval_preset(spec.resize, spec.crop, spec.mean, spec.std, spec.interpolation)
         # An ensemble bundle runs every member: time them all, as the ONNX graph does.
         self.ours = [build_model(b, num_classes, pretrained=False).eval() for b in backbones]
+        if views > 1:  # the same computation as the graph: every member over every flipped view
+            self.ours = [Views(m, views).eval() for m in self.ours]
 
     def decode(self, data: bytes):
         return self.Image.open(io.BytesIO(data)).convert("RGB")
