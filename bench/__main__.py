@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from server.config import Config
+
 from . import http, report
 from .frames import load_inputs
 from .inprocess import Ours
@@ -146,7 +148,7 @@ def overhead(shipped: Path, frame: bytes, runs: int) -> dict:
 
     server = Gunicorn(shipped)
     workers = server.n_workers
-    ours = Ours(shipped, max(1, CORES // workers))
+    ours = Ours(shipped, Config.from_env().threads)  # what a worker's session gets
     with server:
         server.wait_workers(workers)
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
@@ -216,7 +218,7 @@ def cmd_all(args) -> dict:
     frame = headline(inputs)
     server = Gunicorn(shipped)
     workers = server.n_workers
-    threads_worker = max(1, CORES // workers)
+    threads_worker = Config.from_env().threads  # what a worker's session gets
     results: dict = {"environment": environment(threads_worker), "bundles": [p.stem for p in paths]}
     with server:
         server.wait_workers(workers)

@@ -38,7 +38,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
     app.json.sort_keys = False
     bundle = load_bundle(config.model, verify_sha256=False)  # Runtime verifies the bytes it loads
-    runtime = Runtime(bundle, config.threads, config.ort_spinning, config.ort_arena, config.ort_parallel_runs)
+    runtime = Runtime(bundle, config.threads, config.ort_spinning, config.ort_arena, config.ort_parallel_runs,
+                      config.ort_mem_pattern)
     warm_ms = runtime.warm_up()
     log.info("model %s (%s) ready in %.0f ms warm-up, %d onnxruntime threads, fast_decode=%s",
              bundle.name, bundle.sha256[:12], warm_ms, config.threads, config.fast_decode)

@@ -29,12 +29,19 @@ class Config:
     max_pixels: int = 40_000_000
     min_side: int = 16
     max_batch: int = 16
-    ort_threads: int = 0  # 0: cores // workers
+    # 0: all cores in every worker. With spinning off a worker's idle threads sleep, so the
+    # two workers share the cores without stealing them, and a lone request (a kiosk's usual
+    # load) gets both: README "Speed", serving settings.
+    ort_threads: int = 0
     ort_spinning: bool = False
     ort_arena: bool = True
+    # onnxruntime's memory pattern pre-plans one block for all of a run's activations per input
+    # shape, on top of the arena; off, the arena reuses buffers as the run goes (measured: the
+    # 4-view graph 277 -> 192 MB standalone, run time within 1 ms).
+    ort_mem_pattern: bool = False
     # Session runs a worker does at once. Each concurrent run keeps its own activations in the
-    # arena (README "Speed": 366 MB a worker with 4 at once, 231 MB with 1), and with
-    # cores // workers threads one run already fills the worker's share.
+    # arena (README "Speed": 366 MB a worker with 4 at once, 231 MB with 1), and one run
+    # already keeps the cores busy.
     ort_parallel_runs: int = 1
     fast_decode: bool = True  # JPEG DCT-domain downscale for large frames (see README)
     max_inflight: int = 8  # per worker; more waiting requests are shed with 503
@@ -42,7 +49,6 @@ class Config:
     api_token: str = ""
     feedback_dir: str = ""
     feedback_max_mb: float = 500.0
-    workers: int = 0  # 0: default_workers(); used to size ort_threads
 
     def __post_init__(self) -> None:
         if self.ort_parallel_runs < 1:
@@ -50,10 +56,8 @@ class Config:
 
     @property
     def threads(self) -> int:
-        """onnxruntime intra-op threads: the worker's share of the cores, unless set."""
-        if self.ort_threads > 0:
-            return self.ort_threads
-        return max(1, cores() // (self.workers or default_workers()))
+        """onnxruntime intra-op threads: all the cores, unless set."""
+        return self.ort_threads if self.ort_threads > 0 else cores()
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Config:
@@ -61,7 +65,7 @@ class Config:
         values: dict[str, Any] = {}
         names = {f.name: f for f in fields(cls)}
         for name, f in names.items():
-            key = "WEB_CONCURRENCY" if name == "workers" else name.upper()
+            key = name.upper()
             if key in env and env[key] != "":
                 values[name] = _parse(env[key], type(f.default), key)
         return replace(cls(**values), **overrides)

@@ -41,9 +41,6 @@ proc_name = "ecosort"
 # No control socket: nothing about a running kiosk server is changed at run time.
 control_socket_disable = True
 
-# Each worker's onnxruntime session takes its share of the cores.
-os.environ.setdefault("WEB_CONCURRENCY", str(workers))
-
 
 def on_starting(server):
     """Check the bundle before any worker forks: a bad one stops the start with one line."""

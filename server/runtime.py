@@ -14,13 +14,14 @@ from .bundle import Bundle, BundleError, read_model
 log = logging.getLogger(__name__)
 
 
-def session_options(threads: int, spinning: bool, arena: bool) -> ort.SessionOptions:
+def session_options(threads: int, spinning: bool, arena: bool, mem_pattern: bool = False) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.enable_cpu_mem_arena = arena
+    options.enable_mem_pattern = mem_pattern  # see Config.ort_mem_pattern
     # Spinning threads keep burning a core for ms after each run; with two workers on
     # two cores they steal each other's cores (measured: 61 ms became 88 ms).
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
@@ -32,13 +33,13 @@ class Runtime:
     """The loaded model: verified bytes, a session, and the bundle's calibration."""
 
     def __init__(self, bundle: Bundle, threads: int, spinning: bool = False, arena: bool = True,
-                 parallel_runs: int = 1):
+                 parallel_runs: int = 1, mem_pattern: bool = False):
         self.bundle = bundle
         self._runs = threading.BoundedSemaphore(parallel_runs)  # see Config.ort_parallel_runs
         self.ready = threading.Event()
         data = read_model(bundle)
         try:
-            self.session = ort.InferenceSession(data, session_options(threads, spinning, arena),
+            self.session = ort.InferenceSession(data, session_options(threads, spinning, arena, mem_pattern),
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise BundleError(f"model file {bundle.onnx_path} cannot be loaded by onnxruntime: "

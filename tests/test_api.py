@@ -246,3 +246,15 @@ def test_parallel_runs_must_be_positive(tiny_bundle):
     assert Config.from_env({"ORT_PARALLEL_RUNS": "3"}).ort_parallel_runs == 3
     with pytest.raises(ValueError, match="ORT_PARALLEL_RUNS must be at least 1"):
         Config.from_env({"ORT_PARALLEL_RUNS": "0"})
+
+
+def test_session_defaults_use_every_core_and_no_memory_pattern(tiny_bundle):
+    from server.config import Config, cores
+    from server.runtime import session_options
+
+    config = Config.from_env({})
+    assert config.threads == cores() and config.ort_mem_pattern is False
+    assert Config.from_env({"ORT_THREADS": "1", "ORT_MEM_PATTERN": "1"}).threads == 1
+    assert Config.from_env({"ORT_MEM_PATTERN": "on"}).ort_mem_pattern is True
+    assert session_options(1, False, True).enable_mem_pattern is False
+    assert session_options(1, False, True, True).enable_mem_pattern is True

@@ -160,7 +160,7 @@ class Views(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         flips = [[], [-1], [-2], [-2, -1]][:self.views]
-        # One view after the other, not one batch of all: exported, each pass's activations
-        # can be freed before the next, so the serving arena holds one pass's, not four.
-        log_probs = torch.stack([self.model(image.flip(dims) if dims else image).log_softmax(1) for dims in flips])
+        # One batch through the network: faster on CPU than `views` separate calls.
+        batch = torch.cat([image.flip(dims) if dims else image for dims in flips])
+        log_probs = self.model(batch).log_softmax(1).unflatten(0, (self.views, -1))  # -1: batch stays dynamic in ONNX
         return torch.logsumexp(log_probs, 0) - math.log(self.views)
