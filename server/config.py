@@ -40,7 +40,7 @@ class Config:
     # 4-view graph 277 -> 192 MB standalone, run time within 1 ms).
     ort_mem_pattern: bool = False
     # Session runs a worker does at once. Each concurrent run keeps its own activations in the
-    # arena (README "Speed": 366 MB a worker with 4 at once, 231 MB with 1), and one run
+    # arena (README "Speed", 4-view graph: 427 MB a worker with 4 at once, 253 MB with 1), and one run
     # already keeps the cores busy.
     ort_parallel_runs: int = 1
     fast_decode: bool = True  # JPEG DCT-domain downscale for large frames (see README)
