@@ -14,6 +14,20 @@ from .bundle import Bundle, BundleError, read_model
 log = logging.getLogger(__name__)
 
 
+_shared_arena = False
+
+
+def _register_arena() -> None:
+    """Once per process: a CPU arena that grows by what a run asks for, not to the next power
+    of two (onnxruntime's default); measured on the 4-view graph: 197 -> 182 MB standalone."""
+    global _shared_arena
+    if not _shared_arena:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        # max_mem 0: no cap; extend strategy 1: kSameAsRequested; -1: defaults for the rest
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))
+        _shared_arena = True
+
+
 def session_options(threads: int, spinning: bool, arena: bool, mem_pattern: bool = False) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -21,6 +35,9 @@ def session_options(threads: int, spinning: bool, arena: bool, mem_pattern: bool
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.enable_cpu_mem_arena = arena
+    if arena:
+        _register_arena()
+        options.add_session_config_entry("session.use_env_allocators", "1")
     options.enable_mem_pattern = mem_pattern  # see Config.ort_mem_pattern
     # Spinning threads keep burning a core for ms after each run; with two workers on
     # two cores they steal each other's cores (measured: 61 ms became 88 ms).
