@@ -258,3 +258,7 @@ def test_session_defaults_use_every_core_and_no_memory_pattern(tiny_bundle):
     assert Config.from_env({"ORT_MEM_PATTERN": "on"}).ort_mem_pattern is True
     assert session_options(1, False, True).enable_mem_pattern is False
     assert session_options(1, False, True, True).enable_mem_pattern is True
+    # With the arena on, sessions share the process's arena that grows by what is asked for.
+    assert session_options(1, False, True).get_session_config_entry("session.use_env_allocators") == "1"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # its own arena, or none
+        session_options(1, False, False).get_session_config_entry("session.use_env_allocators")
