@@ -31,7 +31,7 @@ from training.report import classification_metrics, write_report
 from training.train import class_counts, load_checkpoint, same_split
 
 from .onnx_export import OPSET, Ensemble, parity, static_same_padding, to_onnx
-from .quantize import quantize_int8
+from .quantize import BATCH, quantize_int8
 
 log = logging.getLogger("export")
 ROOT = Path(__file__).resolve().parent.parent
@@ -214,8 +214,9 @@ def main(args) -> int:
         train = split_of(manifest, "train")
         pick = np.random.default_rng(0).permutation(len(train))[: args.calibration_images]
         calibration, _ = load_arrays(data_root, [train[i] for i in sorted(pick)], spec)
-        # The calibrator holds every activation of a few batches at once: each view multiplies them.
-        quant = quantize_int8(work / "fp32.onnx", work / "int8.onnx", calibration, batch=max(1, 8 // args.views))
+        # Each view is another pass whose activations the calibrator holds: fewer images a run.
+        quant = quantize_int8(work / "fp32.onnx", work / "int8.onnx", calibration,
+                              batch=max(1, BATCH // args.views))
         results["int8"], sessions["int8"] = evaluate_variant(work / "int8.onnx", *evaluation)
     speed = latency_ms(sessions, val[0][:1])
     shipped, reason = choose(results, speed, args.max_int8_loss)

@@ -10,6 +10,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 log = logging.getLogger(__name__)
+BATCH = 8  # calibration images a run: the calibrator holds every activation of a few runs at once
 
 
 def has_vnni() -> bool:
@@ -36,7 +37,7 @@ def _flush_every(n_batches: int) -> int | None:
 
 
 def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, input_name: str = "image",
-                  batch: int = 8) -> dict:
+                  batch: int = BATCH) -> dict:
     prepared = out.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
     reduce_range = not has_vnni()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -14,18 +15,13 @@ from .bundle import Bundle, BundleError, read_model
 log = logging.getLogger(__name__)
 
 
-_shared_arena = False
-
-
+@functools.cache  # once per process: every session of the process shares this arena
 def _register_arena() -> None:
-    """Once per process: a CPU arena that grows by what a run asks for, not to the next power
-    of two (onnxruntime's default); measured on the 4-view graph: 197 -> 182 MB standalone."""
-    global _shared_arena
-    if not _shared_arena:
-        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-        # max_mem 0: no cap; extend strategy 1: kSameAsRequested; -1: defaults for the rest
-        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))
-        _shared_arena = True
+    """A CPU arena that grows by what a run asks for, not to the next power of two
+    (onnxruntime's default); measured on the 4-view graph: 197 -> 177 MB standalone."""
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    # max_mem 0: no cap; extend strategy 1: kSameAsRequested; -1: defaults for the rest
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))
 
 
 def session_options(threads: int, spinning: bool, arena: bool, mem_pattern: bool = False) -> ort.SessionOptions:

@@ -179,7 +179,6 @@ def test_cv_with_a_fold_missing_scores_what_it_has(fold_fits, caplog):
     assert result["scores"]["a"]["n"] == len(val0)
 
 
-
 @pytest.mark.parametrize("budget, reference, seconds, lift, partial, floor, expected", [
     # step 3: trails by 0.4 points: ships, tau lifts 4 points; step 4: no floor offset
     (0.950, 0.954, 4908, 0.04, None, None, "SHIP runs/cpu-q1 --logit-tau 0.3"),
