@@ -12,8 +12,8 @@ from tests.conftest import ROOT, fit
 from tests.helpers import make_dataset
 from training import cv, data, stats
 from training.__main__ import cli
+from training.checkpoint import load_checkpoint
 from training.compare import probabilities
-from training.train import load_checkpoint
 
 
 def test_wilson_interval_matches_the_formula_and_stays_in_range():

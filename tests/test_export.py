@@ -96,7 +96,7 @@ def test_ensemble_is_one_graph_of_mean_probabilities(fitted, second_member, tmp_
     import onnxruntime as ort
     import torch
 
-    from training.train import load_checkpoint
+    from training.checkpoint import load_checkpoint
 
     run, _ = fitted
     assert export([run / "best.pt", second_member], tmp_path / "ens", "--no-int8", "--image-size", "72") == 0
@@ -118,7 +118,7 @@ def test_views_are_flips_inside_the_graph(fitted, second_member, tmp_path):
     import numpy as np
     import onnxruntime as ort
 
-    from training.train import load_checkpoint
+    from training.checkpoint import load_checkpoint
 
     run, _ = fitted
     members = [run / "best.pt", second_member]

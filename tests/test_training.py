@@ -11,8 +11,8 @@ import torch
 
 from tests.helpers import make_dataset
 from training import data
+from training.checkpoint import load_checkpoint
 from training.models import Views, apply_strategy, build_model, load_by_position, set_train_mode
-from training.train import load_checkpoint
 
 
 def test_dedup_and_split_are_deterministic(dataset, caplog):

@@ -1,4 +1,4 @@
-"""`python -m training {split,fit,evaluate,compare,folds,cv} --help`."""
+"""`python -m training {split,fit,evaluate,compare,folds,cv,robustness,wise} --help`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from . import compare, cv, data
+from . import compare, cv, data, recipes, robustness
+from . import wise as wise_ft
 from .models import VIEWS
 from .train import calibrate_and_report, get_args_parser, main
 
@@ -51,6 +52,25 @@ def cli(argv=None) -> int:
                      help="average each network over flips: 1 none, 2 and the mirror, 4 and upside down too")
     cvp.add_argument("--out", type=Path, help="folder for cv.md and cv.json")
     cvp.set_defaults(run=lambda a: cv.run(a.recipe, a.data, a.size, a.out, a.views))
+    rob = sub.add_parser("robustness", help="the robustness suite on a checkpoint's held-out pictures")
+    rob.add_argument("checkpoint", type=Path)
+    rob.add_argument("--data", type=Path, required=True)
+    rob.add_argument("--split", choices=("val", "test"), default="val",
+                     help="val to choose on; test only to report a choice already made")
+    rob.add_argument("--limit", type=int, default=0, help="about this many pictures, evenly spaced (0: all)")
+    rob.add_argument("--out", type=Path, required=True, help="folder for robustness.md and robustness.json")
+    rob.set_defaults(run=lambda a: robustness.main(a.checkpoint, a.data, a.split, a.out, a.limit))
+    wise = sub.add_parser("wise", help="WiSE-FT: interpolate a fine-tuned checkpoint towards its probe.pt")
+    wise.add_argument("probe", type=Path)
+    wise.add_argument("finetuned", type=Path)
+    wise.add_argument("--alpha", type=float, required=True, help="0: the probe, 1: the fine-tuned network")
+    wise.add_argument("--out", type=Path, required=True)
+    wise.set_defaults(run=lambda a: wise_ft.main(a.probe, a.finetuned, a.alpha, a.out))
+    fit.add_argument("--recipe", help="a file of training/recipes/ (NAME or NAME.toml): its values become the "
+                     "defaults, flags given here still win")
+    known, _ = parser.parse_known_args(argv)
+    if getattr(known, "recipe", None):
+        fit.set_defaults(**recipes.load(known.recipe))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

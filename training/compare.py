@@ -16,9 +16,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import data, presets, stats
+from .checkpoint import load_checkpoint, same_split
 from .engine import predict
 from .models import Views, spec_at_size
-from .train import load_checkpoint, same_split
 
 log = logging.getLogger(__name__)
 SPLITS = ("val", "test")

@@ -21,5 +21,9 @@ DEFAULT_SEED = 42
 # chain them into big false groups, so the threshold stays tight.
 NEAR_DUP_BITS = 6
 
-# Probability below which the server flags a prediction as uncertain (calibrated).
+# Probability below which the server flags a prediction as uncertain (calibrated), where
+# no threshold has been chosen (a checkpoint before export).
 UNCERTAIN_BELOW = 0.5
+# Export's threshold rule: the lowest calibrated confidence at which the answered
+# validation pictures are at least this often right.
+ANSWERED_ACCURACY = 0.98

@@ -24,8 +24,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from . import data, stats
 from .calibration import fit_class_offset, fit_logit_adjustment, prior_offsets
+from .checkpoint import load_checkpoint
 from .compare import probabilities
-from .train import load_checkpoint
 
 log = logging.getLogger(__name__)
 POOL = ("train", "val")

@@ -165,21 +165,112 @@ def read_manifest(path: Path) -> dict:
     return manifest
 
 
+FEEDBACK = "feedback:"  # path prefix of a station's pictures: relative to the feedback folder
+
+
+def _split_by_hash(sha256: str, fractions=constants.DEFAULT_FRACTIONS) -> str:
+    """A new picture's split from its bytes alone: the same picture lands in the same split
+    on every station and every retrain, whatever else arrived."""
+    u = int(sha256[:8], 16) / 16**8
+    train_f, val_f, _ = fractions
+    return "train" if u < train_f else "val" if u < train_f + val_f else "test"
+
+
+def extend_with_feedback(manifest: dict, feedback: Path, data_root: Path | None = None) -> tuple[dict, int]:
+    """The manifest plus every feedback picture not in it yet (FOLDER/LABEL/*.jpg, the
+    server's layout). Entries already there never move; a new picture that is a
+    near-duplicate of one already placed joins that one's split (it is the same object),
+    otherwise its split comes from its hash. Returns the new manifest and how many were added."""
+    feedback = Path(feedback)
+    if not feedback.is_dir():
+        raise DatasetError(f"feedback folder not found: {feedback}")
+    classes = manifest["classes"]
+    known = {it["sha256"] for it in manifest["items"]}
+    new = []
+    for label in classes:
+        for path in sorted((feedback / label).glob("*")) if (feedback / label).is_dir() else []:
+            if path.suffix.lower() not in constants.IMAGE_EXTENSIONS or path.name.startswith("."):
+                continue
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if digest in known:
+                continue
+            known.add(digest)
+            new.append((path, Item(f"{FEEDBACK}{label}/{path.name}", digest, label)))
+    unknown = sorted({p.parent.name for p in feedback.glob("*/*") if p.parent.name not in classes
+                      and not p.parent.name.startswith(".")})
+    if unknown:
+        log.warning("feedback folders %s are not classes of this manifest: skipped", unknown)
+    if not new:
+        return manifest, 0
+    placed = [(dhash(_open_item(it, data_root, feedback)), it["split"]) for it in manifest["items"]] \
+        if data_root is not None else []
+    items = list(manifest["items"])
+    for path, item in new:
+        h = dhash(open_rgb(path))
+        near = next((split for other, split in placed
+                     if int((other != h).sum()) <= manifest.get("near_dup_bits", constants.NEAR_DUP_BITS)), None)
+        split = near or _split_by_hash(item.sha256, manifest.get("fractions", constants.DEFAULT_FRACTIONS))
+        placed.append((h, split))
+        items.append({**item.__dict__, "split": split})
+    counts = Counter((it["split"], it["label"]) for it in items)
+    log.info("feedback: %d new pictures added to the manifest", len(new))
+    return {**manifest, "items": items,
+            "counts": {sp: {c: counts[(sp, c)] for c in classes} for sp in constants.SPLITS}}, len(new)
+
+
+def _open_item(item: dict, data_root: Path, feedback: Path) -> Image.Image:
+    path = item["path"]
+    return open_rgb(feedback / path[len(FEEDBACK):] if path.startswith(FEEDBACK) else Path(data_root) / path)
+
+
 def split_of(manifest: dict, split: str) -> list[tuple[str, int]]:
     index = {c: i for i, c in enumerate(manifest["classes"])}
     return [(it["path"], index[it["label"]]) for it in manifest["items"] if it["split"] == split]
 
 
 class ImageList:
-    """torch-style dataset over (relative path, class index) pairs; decodes lazily."""
+    """torch-style dataset over (relative path, class index) pairs; decodes lazily.
+    Paths that start with FEEDBACK are read from the feedback folder."""
 
-    def __init__(self, root: Path, samples: list[tuple[str, int]], transform=None):
+    def __init__(self, root: Path, samples: list[tuple[str, int]], transform=None, feedback: Path | None = None):
         self.root, self.samples, self.transform = Path(root), samples, transform
+        self.feedback = Path(feedback) if feedback else None
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def path(self, rel: str) -> Path:
+        if rel.startswith(FEEDBACK):
+            if self.feedback is None:
+                raise DatasetError(f"{rel} is a feedback picture: pass the feedback folder (--feedback)")
+            return self.feedback / rel[len(FEEDBACK):]
+        return self.root / rel
+
     def __getitem__(self, i: int):
         rel, target = self.samples[i]
-        image = open_rgb(self.root / rel)
+        image = open_rgb(self.path(rel))
         return (self.transform(image) if self.transform else image), target
+
+
+class NoObjectFrames:
+    """`n` frames with no object on them (backgrounds.training_no_object), target -1.
+
+    Mixed into the training set for outlier exposure: the loss pushes their predicted
+    distribution towards uniform, so an empty frame reads as "not sure".
+    """
+
+    def __init__(self, n: int, size: int, transform, seed: int = 0):
+        self.n, self.size, self.transform, self.seed = n, size, transform, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        import torch
+
+        from . import backgrounds
+
+        rng = np.random.default_rng([self.seed, i, int(torch.randint(2**31, ()))])
+        frame = backgrounds.training_no_object(self.size, self.size, rng)
+        return self.transform(Image.fromarray((frame * 255).astype(np.uint8))), -1

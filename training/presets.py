@@ -12,7 +12,7 @@ from scipy import ndimage
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
-from . import constants
+from . import backgrounds, constants
 
 
 class RandomBackground(torch.nn.Module):
@@ -46,27 +46,33 @@ class RandomBackground(torch.nn.Module):
 
     @staticmethod
     def _backdrop(shape) -> torch.Tensor:
-        c, h, w = shape
-        colour = torch.rand(c, 1, 1)
-        if torch.rand(()) < 0.5:  # flat colour with sensor noise
-            return (colour + 0.05 * torch.randn(c, h, w)).clamp(0, 1)
-        # low-frequency texture (floor, table, bin liner)
-        coarse = torch.rand(c, 1 + int(torch.randint(2, 9, ())), 1 + int(torch.randint(2, 9, ())))
-        texture = torch.nn.functional.interpolate(coarse[None], (h, w), mode="bilinear", align_corners=False)[0]
-        return (0.5 * colour + 0.5 * texture).clamp(0, 1)
+        # Seeded from torch so DataLoader workers (each seeded by torch) differ.
+        rng = np.random.default_rng(int(torch.randint(2**31, ())))
+        return torch.from_numpy(backgrounds.training_surface(shape[1], shape[2], rng)).permute(2, 0, 1)
 
 
-def train_preset(crop: int, mean, std, background_p: float = 0.5) -> T.Compose:
+def train_preset(crop: int, mean, std, background_p: float = 0.5, scale_min: float = 0.35,
+                 trivial_augment: bool = False) -> T.Compose:
+    # Photometric changes come after the compositing: the backdrop is found on the
+    # picture as taken, and the pasted surface is jittered with the object, as a camera would.
+    photometric = [T.ConvertImageDtype(torch.uint8), T.TrivialAugmentWide(interpolation=InterpolationMode.BILINEAR),
+                   T.ConvertImageDtype(torch.float32)] if trivial_augment else []
     return T.Compose([
-        T.RandomResizedCrop(crop, scale=(0.35, 1.0), interpolation=InterpolationMode.BILINEAR),
+        T.RandomResizedCrop(crop, scale=(scale_min, 1.0), interpolation=InterpolationMode.BILINEAR),
         T.RandomHorizontalFlip(),
         T.RandomVerticalFlip(),
         T.RandomRotation(20, interpolation=InterpolationMode.BILINEAR, fill=255),
-        T.ColorJitter(0.3, 0.3, 0.3, 0.03),
         T.ToTensor(),
         RandomBackground(background_p),
+        *photometric,
+        T.ColorJitter(0.3, 0.3, 0.3, 0.03),
         T.Normalize(mean, std),
     ])
+
+
+def no_object_preset(crop: int, mean, std) -> T.Compose:
+    """For frames with no object (training.data.NoObjectFrames): colour noise only."""
+    return T.Compose([T.ColorJitter(0.3, 0.3, 0.3, 0.03), T.ToTensor(), T.Normalize(mean, std)])
 
 
 def eval_preset(resize: int = constants.RESIZE, crop: int = constants.CROP, mean=constants.IMAGENET_MEAN,

@@ -17,12 +17,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from timm.utils import ModelEmaV3
-from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
+from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler, WeightedRandomSampler
 
 from . import constants, data, presets
 from .calibration import fit_temperature
+from .checkpoint import atomic_save, load_checkpoint, save_checkpoint
 from .engine import evaluate, predict, train_one_epoch
+from .losses import OutlierExposureLoss
 from .models import BACKBONES, STRATEGIES, apply_strategy, build_model, preprocess_spec, strategy_label
+from .probe import fit_probe
 from .report import classification_metrics, write_report
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                 add_help=add_help)
     p.add_argument("--data", type=Path, required=True, help="folder with one sub-folder of images per class")
     p.add_argument("--manifest", type=Path, help="split manifest to reuse (default: make one in --out)")
+    p.add_argument("--feedback", type=Path, help="a station's feedback folder (LABEL/*.jpg) to train on too; its new "
+                   "pictures are added to --manifest, which only grows: a picture once placed never moves")
     p.add_argument("--out", type=Path, default=Path("runs/latest"), help="run folder (checkpoint, report)")
     p.add_argument("--backbone", choices=BACKBONES, default="efficientnet_lite0")
     p.add_argument("--strategy", choices=STRATEGIES, default="full",
@@ -56,6 +61,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--imbalance", choices=("weights", "sampler", "none"), default="weights",
                    help="class-weighted loss, WeightedRandomSampler, or nothing")
     p.add_argument("--background-p", type=float, default=0.25, help="chance of a random backdrop per image")
+    p.add_argument("--scale-min", type=float, default=0.35, help="smallest area share of a random resized crop")
+    p.add_argument("--trivial-augment", action="store_true", help="TrivialAugmentWide after the compositing")
+    p.add_argument("--no-object-share", type=float, default=0.0,
+                   help="add this many frames with no object per training picture (outlier exposure); 0: none")
+    p.add_argument("--oe-weight", type=float, default=0.5, help="weight of the no-object frames' uniform loss")
+    p.add_argument("--probe", action="store_true", help="fit the head as a linear probe on frozen features first "
+                   "(LP-FT) and keep that model as probe.pt beside best.pt (WiSE-FT's other end)")
     p.add_argument("--seed", type=int, default=constants.DEFAULT_SEED)
     p.add_argument("--workers", type=int, default=max(1, min(4, (os.cpu_count() or 2) - 1)))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -85,10 +97,16 @@ def class_counts(samples, n_classes: int) -> torch.Tensor:
 
 
 def make_loaders(args, manifest: dict, spec: dict, distributed: bool):
-    train_tf = presets.train_preset(spec["crop"], spec["mean"], spec["std"], args.background_p)
+    train_tf = presets.train_preset(spec["crop"], spec["mean"], spec["std"], args.background_p, args.scale_min,
+                                    args.trivial_augment)
     eval_tf = presets.eval_preset(**spec)
-    train_set = data.ImageList(args.data, data.split_of(manifest, "train"), train_tf)
+    train_set = data.ImageList(args.data, data.split_of(manifest, "train"), train_tf, args.feedback)
     counts = class_counts(train_set.samples, len(manifest["classes"]))
+    if args.no_object_share:
+        frames = data.NoObjectFrames(round(args.no_object_share * len(train_set)), spec["crop"],
+                                     presets.no_object_preset(spec["crop"], spec["mean"], spec["std"]), args.seed)
+        train_set = ConcatDataset([train_set, frames])
+        train_set.samples = train_set.datasets[0].samples
     sampler = None
     if distributed:
         sampler = DistributedSampler(train_set, seed=args.seed)
@@ -99,7 +117,7 @@ def make_loaders(args, manifest: dict, spec: dict, distributed: bool):
               "pin_memory": args.device.startswith("cuda")}
     train = DataLoader(train_set, sampler=sampler, shuffle=sampler is None, drop_last=len(train_set) > args.batch_size,
                        generator=torch.Generator().manual_seed(args.seed), **common)
-    evals = {s: DataLoader(data.ImageList(args.data, data.split_of(manifest, s), eval_tf), **common)
+    evals = {s: DataLoader(data.ImageList(args.data, data.split_of(manifest, s), eval_tf, args.feedback), **common)
              for s in ("val", "test")}
     return train, evals, counts
 
@@ -132,12 +150,17 @@ class WarmupCosine:
 
 def load_or_make_manifest(args) -> dict:
     if args.manifest and args.manifest.exists():
-        return data.read_manifest(args.manifest)
-    manifest = data.make_manifest(args.data, seed=args.seed)
-    path = args.manifest or args.out / "split.json"
-    data.write_manifest(manifest, path)
-    args.manifest = path
-    log.info("split manifest written to %s", path)
+        manifest = data.read_manifest(args.manifest)
+    else:
+        manifest = data.make_manifest(args.data, seed=args.seed)
+        args.manifest = args.manifest or args.out / "split.json"
+        data.write_manifest(manifest, args.manifest)
+        log.info("split manifest written to %s", args.manifest)
+    if args.feedback:
+        manifest, added = data.extend_with_feedback(manifest, args.feedback, args.data)
+        if added:
+            data.write_manifest(manifest, args.manifest)
+            log.info("%s now places %d feedback pictures more", args.manifest, added)
     return manifest
 
 
@@ -185,6 +208,15 @@ def main(args) -> dict:
     weight = (counts.sum() / (len(classes) * counts.clamp(min=1))) if args.imbalance == "weights" else None
     criterion = torch.nn.CrossEntropyLoss(weight=weight.to(device) if weight is not None else None,
                                           label_smoothing=args.label_smoothing)
+    if args.no_object_share:
+        criterion = OutlierExposureLoss(criterion, args.oe_weight)
+    if args.probe:
+        probe_loader = DataLoader(data.ImageList(args.data, data.split_of(manifest, "train"),
+                                                 presets.eval_preset(**spec), args.feedback),
+                                  batch_size=64, num_workers=args.workers)
+        fit_probe(model, probe_loader, balanced=args.imbalance == "weights")
+        save_checkpoint(args.out / "probe.pt", model, args, classes, spec, -1,
+                        evaluate(model, torch.nn.CrossEntropyLoss(), eval_loaders["val"], device))
     eval_criterion = torch.nn.CrossEntropyLoss()
     steps_per_epoch = min(len(train_loader), args.max_steps or len(train_loader))
     optimizer, scheduler, schedule = make_optimizer(model, args, steps_per_epoch * args.epochs)
@@ -280,45 +312,6 @@ def over_budget(history: list[dict], started: float, minutes: float) -> bool:
 def epochs_that_fit(done: int, elapsed: float, pace: float, minutes: float) -> int:
     """Epochs in all (at least `done`) if each one more takes `pace` seconds and all must end by `minutes`."""
     return done + max(0, int((60 * minutes - elapsed) // pace))
-
-
-def atomic_save(obj: dict, path: Path) -> None:
-    """Written beside and renamed: a run killed mid-save keeps its previous best.pt whole."""
-    tmp = Path(path).with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def save_checkpoint(path: Path, model, args, classes, spec, epoch: int, val: dict, **extra) -> None:
-    atomic_save({
-        "model": {k: v.cpu() for k, v in model.state_dict().items()},
-        "backbone": args.backbone,
-        "strategy": args.strategy,
-        "classes": classes,
-        "preprocess": spec,
-        "epoch": epoch,
-        "val": val,
-        "manifest": str(args.manifest),
-        "data": str(args.data),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if not callable(v)},
-        **extra,
-    }, path)
-
-
-def load_checkpoint(path: Path):
-    """Rebuild the model from a checkpoint alone: architecture, classes, preprocessing."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    model = build_model(ckpt["backbone"], len(ckpt["classes"]), pretrained=False)
-    model.load_state_dict(ckpt["model"], strict=True)
-    return model.eval(), ckpt
-
-
-def same_split(paths: list[Path], ckpts: list[dict]) -> None:
-    """Checkpoints to be compared or combined must share classes and split manifest."""
-    for path, ckpt in zip(paths[1:], ckpts[1:]):
-        for key in ("classes", "manifest"):
-            if ckpt[key] != ckpts[0][key]:
-                raise ValueError(f"{path} has {key} {ckpt[key]}, {paths[0]} has {ckpts[0][key]}")
 
 
 def calibrate_and_report(checkpoint: Path, data_root: Path, loaders=None, device=torch.device("cpu")) -> dict:

@@ -1,0 +1,70 @@
+"""`python -m export.robustness BUNDLE --data DIR`: the robustness suite on a bundle as served.
+
+The suite's pictures (training.robustness) go through the server's own preprocessing,
+onnxruntime and the bundle's calibration and threshold, so the figures are the kiosk's.
+Choose on `--split val`; `--split test` reports a choice already made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from server.bundle import Bundle, load_bundle
+from server.preprocess import preprocess
+from server.runtime import Runtime
+from training import robustness
+from training.data import open_rgb, read_manifest, split_of
+
+log = logging.getLogger("export.robustness")
+
+
+def bundle_predictor(bundle: Bundle, threads: int = 2) -> robustness.Predict:
+    runtime = Runtime(bundle, threads)
+
+    def predict(images: list[Image.Image]) -> np.ndarray:
+        batch = np.stack([preprocess(image.convert("RGB"), bundle.preprocess) for image in images])
+        return runtime.probabilities(runtime.infer(batch))
+
+    return predict
+
+
+def held_out(manifest: Path, data_root: Path, split: str, limit: int) -> tuple[list[Image.Image], np.ndarray]:
+    samples = split_of(read_manifest(manifest), split)
+    samples = samples[:: max(1, len(samples) // limit)] if limit else samples
+    return [open_rgb(data_root / rel) for rel, _ in samples], np.array([t for _, t in samples])
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m export.robustness", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", type=Path, help="NAME.json")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder of the bundle's split manifest")
+    p.add_argument("--manifest", type=Path, default=Path("training/splits/trashnet.json"))
+    p.add_argument("--split", choices=("val", "test"), default="val")
+    p.add_argument("--limit", type=int, default=0, help="about this many pictures, evenly spaced (0: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="folder for robustness.md and robustness.json")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    bundle = load_bundle(args.bundle)
+    images, targets = held_out(args.manifest, args.data, args.split, args.limit)
+    result = robustness.run_suite(bundle_predictor(bundle), images, targets, bundle.preprocess.resize,
+                                  bundle.calibration.uncertain_below, args.seed)
+    result.update(split=args.split, bundle=bundle.name, sha256=bundle.sha256)
+    robustness.write(result, args.out, f"bundle {bundle.name} (sha256 {bundle.sha256[:12]}) on {args.split}")
+    log.info("%s", json.dumps(result["summary"]))
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(main(get_args_parser().parse_args()))

@@ -1,0 +1,140 @@
+"""The robustness machinery: surfaces, corruptions, the suite, outlier exposure, the
+'not sure' threshold, WiSE-FT, recipes and feedback in the manifest."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import SAMPLES, fit
+from training import backgrounds, data, recipes, robustness, selective, wise
+from training.checkpoint import load_checkpoint
+from training.losses import OutlierExposureLoss
+
+
+def test_suite_surfaces_are_not_training_surfaces():
+    assert set(backgrounds.SUITE).isdisjoint(backgrounds.TRAINING)
+    assert set(backgrounds.SUITE_PHOTOS).isdisjoint(backgrounds.TRAINING_PHOTOS)
+    rng = np.random.default_rng(0)
+    for make in [*backgrounds.SUITE.values(), *backgrounds.NO_OBJECT.values()]:
+        frame = make(48, 64, rng)
+        assert frame.shape == (48, 64, 3) and 0 <= frame.min() and frame.max() <= 1
+
+
+@pytest.mark.parametrize("name", robustness.CORRUPTIONS)
+def test_corruptions_get_worse_with_severity(name):
+    image = np.asarray(robustness.at_scale(Image.open(SAMPLES[0]).convert("RGB"), 96))
+    rng = np.random.default_rng(0)
+    change = [np.abs(robustness.corrupt(image, name, s, rng).astype(float) - image).mean() for s in (1, 5)]
+    assert 0 < change[0] < change[1]
+
+
+def test_background_swap_replaces_the_white_table_only():
+    image = Image.new("RGB", (80, 60), (240, 240, 240))
+    image.paste((200, 30, 30), (30, 20, 50, 40))
+    out, share = robustness.swap_background(image, "wood", np.random.default_rng(0))
+    out = np.asarray(out)
+    assert 0.8 < share < 0.95
+    assert tuple(out[30, 40]) == (200, 30, 30)  # the object stays
+    assert np.abs(out[2, 2].astype(int) - 240).max() > 30  # the table is gone
+
+
+def test_suite_scores_a_predictor_that_only_sees_colour():
+    # "Red means class 0": right on the clean red pictures, and not sure on a grey frame.
+    images = [Image.new("RGB", (64, 48), (220, 20, 20)) for _ in range(4)]
+
+    def predict(batch):
+        red = np.array([np.asarray(im, float)[..., 0].mean() / 255 for im in batch])
+        p0 = np.clip(red, 0.34, 1)
+        return np.stack([p0, (1 - p0) / 2, (1 - p0) / 2], 1)
+
+    result = robustness.run_suite(predict, images, np.zeros(4, int), 48, 0.5, corruptions=("contrast",),
+                                  no_object_per_kind=2)
+    assert result["clean"]["accuracy"] == 1
+    assert result["summary"]["no_object_uncertain"]["n"] == 2 * len(backgrounds.NO_OBJECT)
+    assert result["no_object"]["empty_grass"]["uncertain"] == 1  # grass is not red
+    assert result["no_object"]["over_exposed"]["uncertain"] == 0  # white is red enough: a real miss
+
+
+def test_outlier_exposure_pushes_no_object_frames_to_uniform():
+    loss = OutlierExposureLoss(torch.nn.CrossEntropyLoss(), weight=1.0)
+    targets = torch.tensor([0, -1])
+    confident = torch.tensor([[5.0, 0, 0], [5.0, 0, 0]])
+    flat = torch.tensor([[5.0, 0, 0], [0.0, 0, 0]])
+    assert loss(flat, targets) < loss(confident, targets)
+    only_frames = loss(torch.zeros(2, 3, requires_grad=True), torch.tensor([-1, -1]))
+    assert torch.isclose(only_frames, torch.log(torch.tensor(3.0)))
+
+
+def test_threshold_is_the_lowest_that_keeps_answers_right():
+    conf = np.array([0.99, 0.95, 0.9, 0.8, 0.7, 0.6])
+    correct = np.array([1, 1, 1, 0, 1, 0])
+    chosen = selective.choose_threshold(conf, correct, 0.98)
+    assert chosen["threshold"] == 0.9 and chosen["coverage"] == 0.5 and chosen["met"]
+    assert selective.choose_threshold(conf, correct, 0.75)["threshold"] == 0.7
+    never = selective.choose_threshold(np.array([0.9, 0.8]), np.array([0, 1]), 0.98)
+    assert not never["met"]
+    rows = selective.risk_coverage(np.array([0.9, 0.9, 0.5]), np.array([1, 0, 1]))
+    assert [r["coverage"] for r in rows] == [2 / 3, 1.0]
+
+
+def test_recipes_are_fit_defaults(tmp_path):
+    recipe = recipes.load("robust-lite0")
+    from training.train import get_args_parser
+
+    names = {a.dest for a in get_args_parser()._actions}
+    assert set(recipe) <= names, set(recipe) - names
+    with pytest.raises(FileNotFoundError, match="robust-lite0"):
+        recipes.load("no-such-recipe")
+
+
+def test_probe_oe_and_wise_fit(dataset, tmp_path):
+    run = tmp_path / "run"
+    fit(dataset, run, "--probe", "--no-object-share", "0.5", "--trivial-augment", "--background-p", "0.9",
+        "--max-steps", "2")
+    probe, tuned = (torch.load(run / f, weights_only=False) for f in ("probe.pt", "best.pt"))
+    assert probe["epoch"] == -1 and probe["manifest"] == tuned["manifest"]
+    key = next(k for k, v in tuned["model"].items() if v.is_floating_point() and not torch.equal(v, probe["model"][k]))
+    half = wise.interpolate(probe, tuned, 0.5)["model"][key]
+    assert torch.allclose(half, (probe["model"][key] + tuned["model"][key]) / 2)
+    out = wise.main(run / "probe.pt", run / "best.pt", 1.0, tmp_path / "wise.pt")
+    model, ckpt = load_checkpoint(out)
+    assert ckpt["wise_alpha"] == 1.0 and torch.equal(model.state_dict()[key], tuned["model"][key])
+    with pytest.raises(ValueError):
+        wise.interpolate(probe, tuned, 1.5)
+
+
+def test_feedback_joins_the_manifest_and_never_moves(dataset, tmp_path):
+    manifest = data.make_manifest(dataset)
+    feedback = tmp_path / "feedback"
+    (feedback / "cardboard").mkdir(parents=True)
+    (feedback / "glass").mkdir()
+    shutil.copy(SAMPLES[0], feedback / "cardboard" / "a.jpg")
+    shutil.copy(SAMPLES[1], feedback / "glass" / "b.jpg")
+    (feedback / "glass" / ".c.tmp").write_bytes(b"half a write")
+    grown, added = data.extend_with_feedback(manifest, feedback, dataset)
+    assert added == 2 and len(grown["items"]) == len(manifest["items"]) + 2
+    assert grown["items"][: len(manifest["items"])] == manifest["items"]
+    placed = {it["path"]: it["split"] for it in grown["items"]}
+    shutil.copy(SAMPLES[2], feedback / "cardboard" / "d.jpg")
+    again, added = data.extend_with_feedback(grown, feedback, dataset)
+    assert added == 1 and all(placed[it["path"]] == it["split"] for it in again["items"] if it["path"] in placed)
+    assert data.extend_with_feedback(again, feedback, dataset)[1] == 0
+    reader = data.ImageList(dataset, data.split_of(again, "train") + data.split_of(again, "val")
+                            + data.split_of(again, "test"), feedback=feedback)
+    assert all(reader.path(rel).is_file() for rel, _ in reader.samples)
+
+
+def test_fit_trains_on_feedback_and_grows_the_manifest(dataset, tmp_path):
+    manifest = tmp_path / "split.json"
+    data.write_manifest(data.make_manifest(dataset), manifest)
+    feedback = tmp_path / "feedback"
+    (feedback / "metal").mkdir(parents=True)
+    for i, sample in enumerate(SAMPLES[:3]):
+        shutil.copy(sample, feedback / "metal" / f"{i}.jpg")
+    fit(dataset, tmp_path / "run", "--manifest", str(manifest), "--feedback", str(feedback), "--max-steps", "1")
+    grown = json.loads(manifest.read_text())
+    assert sum(it["path"].startswith(data.FEEDBACK) for it in grown["items"]) == 3

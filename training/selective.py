@@ -1,0 +1,44 @@
+"""When to say "not sure": the risk-coverage curve and the threshold chosen on it.
+
+A picture is answered when its calibrated top probability reaches the threshold. The
+rule (issue 21): the lowest threshold whose answered pictures are at least
+`target_accuracy` right, so that as many as possible are answered; coverage at that
+threshold is reported beside it, met or not.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def risk_coverage(confidence: np.ndarray, correct: np.ndarray) -> list[dict]:
+    """For each distinct confidence, answering those at or above it: coverage and accuracy."""
+    order = np.argsort(-confidence, kind="stable")
+    conf, hits = confidence[order], np.cumsum(correct[order])
+    rows, n = [], len(conf)
+    for i in range(n):
+        if i + 1 < n and conf[i + 1] == conf[i]:
+            continue
+        rows.append({"threshold": float(conf[i]), "coverage": (i + 1) / n, "accuracy": float(hits[i] / (i + 1))})
+    return rows
+
+
+def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target_accuracy: float = 0.98) -> dict:
+    """The lowest threshold at which answered accuracy >= target (every threshold above it
+    too, so the choice does not rest on one lucky picture)."""
+    rows = risk_coverage(confidence, correct)
+    chosen = rows[0]
+    for row in rows:  # by falling threshold, i.e. rising coverage
+        if row["accuracy"] < target_accuracy:
+            break
+        chosen = row
+    return {**chosen, "target_accuracy": target_accuracy, "met": chosen["accuracy"] >= target_accuracy}
+
+
+def curve_points(rows: list[dict], coverages=(0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0)) -> list[dict]:
+    """The curve at a few coverages, for a report table."""
+    out = []
+    for c in coverages:
+        row = next((r for r in rows if r["coverage"] >= c - 1e-9), rows[-1])
+        out.append(row)
+    return out
