@@ -64,7 +64,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--logit-tau", type=float, help="the same adjustment with this tau instead of a fit on val "
                    "(e.g. the one `python -m training cv` fitted on out-of-fold predictions of the recipe)")
     p.add_argument("--class-offset", metavar="CLASS=B", help="add B to one class's logit, after any tau (a recall "
-                   "floor's threshold, e.g. the one training/reports/cv/decide.py sets out of fold)")
+                   "floor's threshold fitted out of fold by `python -m training cv`)")
     p.add_argument("--views", type=int, choices=VIEWS, default=1, help="average each network over flipped copies "
                    "inside the graph: 1 none, 2 and the mirror, 4 and upside down too (each view costs a pass)")
     p.add_argument("--limit", type=int, default=0, help="evaluate on at most N images per split (tests)")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import ROOT, fit
+from tests.conftest import fit
 from tests.helpers import make_dataset
 from training import cv, data, stats
 from training.__main__ import cli
@@ -177,89 +177,3 @@ def test_cv_with_a_fold_missing_scores_what_it_has(fold_fits, caplog):
     assert result["scores"]["a"]["folds"] == [0] and result["scores"]["a"]["k"] == 2
     val0 = data.split_of(data.read_manifest(load_checkpoint(runs["a", 0])[1]["manifest"]), "val")
     assert result["scores"]["a"]["n"] == len(val0)
-
-
-@pytest.mark.parametrize("budget, reference, seconds, lift, partial, floor, expected", [
-    # step 3: trails by 0.4 points: ships, tau lifts 4 points; step 4: no floor offset
-    (0.950, 0.954, 4908, 0.04, None, None, "SHIP runs/cpu-q1 --logit-tau 0.3"),
-    (0.950, 0.954, 4908, 0.02, None, None, "SHIP runs/cpu-q1"),  # tau lifts too little
-    (0.950, 0.956, 4908, 0.04, None, None, "KEEP"),  # trails by 0.6 points: nothing to export
-    (0.960, 0.954, 5500, 0.04, None, None, "KEEP"),  # better, but its fits took over 90 minutes
-    (0.960, 0.954, 4908, 0.04, [0, 2], (0.85, 0.003), "KEEP"),  # one fold missing: void, step 4 too
-    # step 4: an offset within 0.5 points is added to whichever pair ships; a dearer one is not
-    (0.950, 0.954, 4908, 0.04, None, (0.85, 0.003), "SHIP runs/cpu-q1 --logit-tau 0.3 --class-offset trash=1.85"),
-    (0.950, 0.956, 4908, 0.04, None, (0.85, 0.003), "KEEP runs/g1 --class-offset trash=0.85"),
-    (0.950, 0.956, 4908, 0.04, None, (0.85, 0.008), "KEEP"),
-])
-def test_decide_script_applies_the_rule(tmp_path, budget, reference, seconds, lift, partial, floor, expected):
-    import subprocess
-    import sys
-
-    def recall_floor(acc, with_tau):
-        offset, cost = floor or (None, 0.0)
-        if with_tau:  # the tau's own floor: never the one to use unless step 3 took the tau
-            offset = None if offset is None else offset + 1
-        return {"class": "trash", "recall_before": 0.8, "offset": offset, "accuracy_before": acc,
-                "accuracy": acc - cost, "precision_before": 0.8, "precision": 0.7, "lowest_recall": 0.9,
-                "lowest_recall_class": "trash"}
-
-    def score(acc):
-        return {"accuracy": acc, "n": 2139, "lowest_recall": 0.8, "lowest_recall_class": "trash",
-                "folds": [0, 1, 2] if partial is None else partial, "k": 3,
-                "logit_adjustment": {"tau": 0.3, "lowest_recall": 0.8 + lift},
-                "recall_floor": {"plain": recall_floor(acc, False), "with_tau": recall_floor(acc, True)}}
-
-    (tmp_path / "cv.json").write_text(json.dumps({"scores": {"budget": score(budget), "gpu": score(reference)}}))
-    (tmp_path / "train.log").write_text(f"...\nboth members: {seconds} s\n")
-    out = subprocess.run([sys.executable, str(ROOT / "training/reports/cv/decide.py"), str(tmp_path / "cv.json"),
-                          "--train-log", str(tmp_path / "train.log")], capture_output=True, text=True,
-                         check=True).stdout
-    verdict, *rest = expected.split(" ", 2)
-    assert out.startswith(verdict)
-    command = out.strip().splitlines()[-1]
-    if not rest:  # the shipped bundle stays as it is
-        assert not command.startswith("python -m export")
-        return
-    assert command.startswith(f"python -m export {rest[0]}/best.pt")
-    options = f" {rest[1]}" if len(rest) > 1 else ""
-    assert command.endswith("--report training/reports/shipped" + options)
-
-
-@pytest.mark.parametrize("views2, views4, expected", [
-    # (top-1, lowest recall, floor offset: (b, top-1 with it, lowest recall with it) or None)
-    ((0.940, 0.91, None), (0.945, 0.92, None), "USE 2 VIEWS"),  # at the floor as they are: the cheaper
-    ((0.925, 0.91, None), (0.935, 0.92, None), "USE 4 VIEWS"),  # 2 views cost 1.05 points
-    ((0.940, 0.86, (0.4, 0.933, 0.90)), (0.940, 0.86, None), "USE 2 VIEWS trash=0.4"),  # offset 0.25 pts
-    ((0.940, 0.86, (0.9, 0.925, 0.90)), (0.940, 0.86, (0.5, 0.932, 0.91)), "USE 4 VIEWS trash=0.5"),
-    ((0.940, 0.86, (0.4, 0.934, 0.89)), (0.940, 0.86, None), "NO VIEWS"),  # another class falls under
-    ((0.936, 0.86, (0.9, 0.920, 0.90)), (0.936, 0.86, (0.9, 0.925, 0.90)), "NO VIEWS"),  # too dear
-])
-def test_decide_views_script_applies_step_5(tmp_path, views2, views4, expected):
-    import subprocess
-    import sys
-
-    def result(views, acc, lowest, floor):
-        b, after, low_after = floor or (None, acc, lowest)
-        score = {"accuracy": acc, "n": 2139, "folds": [0, 1, 2], "k": 3, "lowest_recall": lowest,
-                 "lowest_recall_class": "trash",
-                 "recall_floor": {"plain": {"class": "trash", "offset": b, "accuracy": after,
-                                            "lowest_recall": low_after, "lowest_recall_class": "trash",
-                                            "precision_before": 0.7, "precision": 0.6}}}
-        return {"views": views, "floor": 0.9, "recipes": {"budget": []}, "scores": {"budget": score}}
-
-    files = []
-    for name, r in (("plain", result(1, 0.9355, 0.845, None)), ("v2", result(2, *views2)),
-                    ("v4", result(4, *views4))):
-        files.append(tmp_path / f"{name}.json")
-        files[-1].write_text(json.dumps(r))
-    out = subprocess.run([sys.executable, str(ROOT / "training/reports/cv/decide_views.py"), *map(str, files)],
-                         capture_output=True, text=True, check=True).stdout
-    verdict = " ".join(expected.split()[:3])
-    assert out.startswith(verdict)
-    command = out.strip().splitlines()[-1]
-    if verdict == "NO VIEWS":
-        assert not command.startswith("python -m export")
-        return
-    assert command.startswith("python -m export runs/cpu-q1/best.pt runs/cpu-q2/best.pt")
-    offset = expected.split()[3:]
-    assert command.endswith(f"--views {expected.split()[1]}" + (f" --class-offset {offset[0]}" if offset else ""))
