@@ -45,10 +45,12 @@ class Gunicorn:
 
     def wait_ready(self, timeout: float = 30) -> float:
         start = time.time()
+        token = self.env.get("API_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         while time.time() - start < timeout:
             assert self.proc.poll() is None, self.output()
             try:
-                if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
+                if requests.get(self.url + "/readyz", headers=headers, timeout=1).status_code == 200:
                     return time.time() - start
             except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still warming up
                 pass

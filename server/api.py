@@ -62,7 +62,8 @@ def top_k() -> int:
     raw = request.args.get("top_k")
     if raw is None:
         return n_classes
-    if not raw.isdigit() or not 1 <= int(raw) <= n_classes:
+    # ASCII digits only: str.isdigit() also accepts '²' and '①', which int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= n_classes:
         raise ApiError(400, "bad_top_k", f"top_k must be an integer from 1 to {n_classes}")
     return int(raw)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import io
 import logging
 import re
 import threading
@@ -67,13 +68,16 @@ def _register_hooks(app: Flask, config: Config) -> None:
         if token and request.path != "/healthz" and not hmac.compare_digest(_presented_token(), token):
             raise ApiError(401, "unauthorized", "missing or wrong API token",
                            {"WWW-Authenticate": 'Bearer realm="ecosort"'})
+        if request.content_length is None and "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+            _buffer_chunked_body(app.config["MAX_CONTENT_LENGTH"])
 
     @app.after_request
     def finish(response):
         response.headers["X-Request-ID"] = g.get("request_id", "")
         response.headers["X-Content-Type-Options"] = "nosniff"
         route = request.url_rule.rule if request.url_rule else "unmatched"
-        metrics.REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        method = request.method if request.method in metrics.METHODS else "other"
+        metrics.REQUESTS.labels(route, method, metrics.status_class(response.status_code)).inc()
         if "start" in g:
             metrics.LATENCY.labels(route).observe(time.perf_counter() - g.start)
         return response
@@ -83,4 +87,30 @@ def _presented_token() -> bytes:
     auth = request.headers.get("Authorization", "")
     if auth.startswith("Bearer "):
         return auth[7:].strip().encode()
-    return (request.headers.get("X-API-Token") or request.args.get("token") or "").encode()
+    if request.headers.get("X-API-Token"):
+        return request.headers["X-API-Token"].encode()
+    # The query token is for the kiosk page only (a browser cannot set a header on its
+    # first load), and exactly once: `token=a&token=b` is no token.
+    query = request.args.getlist("token")
+    return query[0].encode() if request.path == "/" and len(query) == 1 else b""
+
+
+def _buffer_chunked_body(limit: int) -> None:
+    """Read a chunked body here, bounded, so bad framing is a 400 and an oversized body a
+    413 before any route sees a byte; the route then reads it as if it had a length."""
+    stream = request.environ["wsgi.input"]
+    parts, size = [], 0
+    try:
+        while chunk := stream.read(min(1 << 16, limit + 1 - size)):
+            parts.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "payload_too_large", "the upload is over the size limit")
+    except ApiError:
+        raise
+    except Exception:  # noqa: BLE001 - the server's chunk parser raises its own types
+        raise ApiError(400, "bad_framing", "the chunked request body is malformed") from None
+    body = b"".join(parts)
+    request.environ.update({"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))})
+    request.environ.pop("HTTP_TRANSFER_ENCODING", None)
+    request.environ["wsgi.input_terminated"] = False

@@ -38,7 +38,8 @@ class Classifier:
 
     def prepare(self, data: bytes) -> tuple[np.ndarray, dict[str, float]]:
         t0 = time.perf_counter()
-        image = decode(data, self.config.max_pixels, self.config.min_side, self.draft_to)
+        image = decode(data, self.config.max_pixels, self.config.min_side, self.draft_to,
+                       self.config.max_aspect_ratio)
         t1 = time.perf_counter()
         array = preprocess(image, self.bundle.preprocess, self.reducing_gap)
         t2 = time.perf_counter()
@@ -58,7 +59,11 @@ class Classifier:
         if not good:
             return prepared  # type: ignore[return-value]
         t0 = time.perf_counter()
-        logits = self.runtime.infer(np.stack([array for array, _ in good]))
+        # A run's activations grow with its batch and the arena keeps its peak: bounded runs
+        # bound a worker's memory whatever the batch size.
+        step = self.config.max_run_batch
+        arrays = [array for array, _ in good]
+        logits = np.concatenate([self.runtime.infer(np.stack(arrays[i:i + step])) for i in range(0, len(arrays), step)])
         inference = time.perf_counter() - t0
         probs = self.runtime.probabilities(logits)
         total = time.perf_counter() - start

@@ -28,7 +28,12 @@ class Config:
     max_upload_mb: float = 10.0
     max_pixels: int = 40_000_000
     min_side: int = 16
+    # Longest side over shortest: a 16x100000 strip is few pixels, but resized to the
+    # model's short side it is gigabytes. Panoramas from phones stay well under it.
+    max_aspect_ratio: float = 8.0
     max_batch: int = 16
+    # Images per onnxruntime run in a batch request: peak memory follows the run, not the batch.
+    max_run_batch: int = 4
     # 0: all cores in every worker. With spinning off a worker's idle threads sleep, so the
     # two workers share the cores without stealing them, and a lone request (a kiosk's usual
     # load) gets both: README "Speed", serving settings.
@@ -49,10 +54,26 @@ class Config:
     api_token: str = ""
     feedback_dir: str = ""
     feedback_max_mb: float = 500.0
+    # gunicorn (server/gunicorn.conf.py reads these too: one source of settings)
+    bind: str = "0.0.0.0:8000"
+    web_concurrency: int = 0  # workers; 0: one per core, at most 2
+    gunicorn_threads: int = 4  # threads overlap one request's decode with another's inference
+    gunicorn_timeout: int = 30
+    gunicorn_graceful_timeout: int = 20
+    gunicorn_keepalive: int = 5
+    client_timeout: float = 10.0  # seconds a connection may sit in one read
+    access_log: str = ""  # file for gunicorn's access log, '-' for stderr, empty for none
+    log_level: str = "info"
 
     def __post_init__(self) -> None:
         if self.ort_parallel_runs < 1:
             raise ValueError(f"ORT_PARALLEL_RUNS must be at least 1, not {self.ort_parallel_runs}")
+        if self.max_run_batch < 1:
+            raise ValueError(f"MAX_RUN_BATCH must be at least 1, not {self.max_run_batch}")
+
+    @property
+    def workers(self) -> int:
+        return self.web_concurrency if self.web_concurrency > 0 else default_workers()
 
     @property
     def threads(self) -> int:

@@ -13,7 +13,6 @@ import hashlib
 import io
 import os
 import tempfile
-import time
 from pathlib import Path
 
 from flask import Blueprint, Flask, current_app, g, jsonify, request
@@ -27,6 +26,20 @@ bp = Blueprint("feedback", __name__)
 
 def folder_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.glob("*/*.jpg"))
+
+
+def remove_partial_writes(root: Path) -> int:
+    """Delete temp files a killed writer left behind; returns the bytes freed. Call with the
+    folder's lock held: every live writer holds it while its temp file exists, so any temp
+    file seen under the lock belongs to a writer that died."""
+    freed = 0
+    for stale in root.glob("*/.*.tmp"):
+        try:
+            freed += stale.stat().st_size
+            stale.unlink()
+        except FileNotFoundError:
+            pass
+    return freed
 
 
 def _fsync_dir(path: Path) -> None:
@@ -43,6 +56,7 @@ def store(root: Path, label: str, jpeg: bytes, cap_bytes: int) -> tuple[Path, bo
     target = root / label / f"{digest}.jpg"
     with open(root / ".lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        remove_partial_writes(root)
         for existing in root.glob(f"*/{digest}.jpg"):
             if existing.parent.name != label:
                 raise ApiError(409, "conflicting_label", f"this image is already filed as {existing.parent.name!r}")
@@ -73,7 +87,8 @@ def feedback():
         raise ApiError(400, "bad_label", f"label must be one of {', '.join(clf.bundle.classes)}")
     _, data = single_upload()
     try:
-        image = decode(data, clf.config.max_pixels, clf.config.min_side)  # exact decode: this is training data
+        # exact decode (no draft): this is training data
+        image = decode(data, clf.config.max_pixels, clf.config.min_side, None, clf.config.max_aspect_ratio)
     except ImageError as exc:
         raise ApiError(exc.status, exc.code, exc.message) from None
     buffer = io.BytesIO()
@@ -86,9 +101,9 @@ def feedback():
 
 def register_feedback(app: Flask, root: Path, cap_mb: float) -> None:
     root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob("*/.*.tmp"):  # left by a crash mid-write: never renamed, never read
-        if time.time() - stale.stat().st_mtime > 300:  # younger ones may be another worker's write
-            stale.unlink(missing_ok=True)
+    with open(root / ".lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        remove_partial_writes(root)
     app.extensions["ecosort.feedback"] = root
     app.extensions["ecosort.feedback_cap"] = int(cap_mb * 1024 * 1024)
     app.register_blueprint(bp)

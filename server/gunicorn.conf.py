@@ -1,11 +1,14 @@
 """gunicorn settings for the kiosk: `gunicorn -c server/gunicorn.conf.py 'server:create_app()'`.
 
-Defaults measured on the 2-core kiosk box (README, "Serving defaults"). No preload_app:
-each worker builds its onnxruntime session after the fork, so no thread pool is shared.
+Every value comes from `server.config.Config`, the same frozen settings the app reads
+(README, "Settings"). No preload_app: each worker builds its onnxruntime session after
+the fork, so no thread pool is shared.
 """
 
+import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,28 +21,54 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ecosort-metrics-")
 
-from server.config import default_workers  # noqa: E402
+from server.config import Config  # noqa: E402
 
-bind = os.environ.get("BIND", "0.0.0.0:8000")
-workers = int(os.environ.get("WEB_CONCURRENCY") or default_workers())
+CONFIG = Config.from_env()
+bind = CONFIG.bind
+workers = CONFIG.workers
 worker_class = "gthread"
-# Threads overlap one request's decode (Pillow drops the GIL) with another's inference.
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
-# A stalled client cannot hold a worker thread for long: gthread reads requests in its
-# event loop, and a request that is being read is dropped after keepalive/timeout.
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
-graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
-keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
+threads = CONFIG.gunicorn_threads
+timeout = CONFIG.gunicorn_timeout
+graceful_timeout = CONFIG.gunicorn_graceful_timeout
+keepalive = CONFIG.gunicorn_keepalive
 limit_request_line = 4094
 limit_request_fields = 50
 limit_request_field_size = 8190
 backlog = 256
-accesslog = os.environ.get("ACCESS_LOG") or None
+accesslog = CONFIG.access_log or None
 errorlog = "-"
-loglevel = os.environ.get("LOG_LEVEL", "info")
+loglevel = CONFIG.log_level
 proc_name = "ecosort"
 # No control socket: nothing about a running kiosk server is changed at run time.
 control_socket_disable = True
+
+SECRET = re.compile(r"(?i)(token=)[^&\s'\"]*|(authorization:\s*bearer\s+)\S+|(x-api-token:\s*)\S+")
+
+
+class Redact(logging.Filter):
+    """No credential in any log line: gunicorn logs a malformed request line verbatim."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = SECRET.sub(lambda m: (m.group(1) or m.group(2) or m.group(3)) + "[redacted]", message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
+
+
+def json_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's own error answers (bad request line, framing, headers) as the API's JSON
+    4xx instead of an HTML page. An unknown transfer coding is the client's error too."""
+    from gunicorn import util
+
+    status = 400 if status_int == 501 else status_int
+    code = {400: "bad_request", 403: "forbidden", 414: "uri_too_long", 417: "expectation_failed",
+            431: "headers_too_large"}.get(status, "internal_error" if status >= 500 else "bad_request")
+    text = "the request is malformed" if status < 500 else "internal error"
+    body = json.dumps({"error": {"code": code, "message": text}}).encode()
+    head = (f"HTTP/1.1 {status} {reason if status == status_int else 'Bad Request'}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode("latin1")
+    util.write_nonblock(sock, head + body)
 
 
 def on_starting(server):
@@ -55,22 +84,23 @@ def on_starting(server):
     server.log.info("%s", check.stdout.strip())
 
 
-# A client that stalls mid-request (slowloris, a kiosk losing Wi-Fi) would block a gthread
-# thread forever: gthread makes accepted sockets blocking with no timeout. Give each
-# connection a read timeout instead; the stalled connection is closed, the thread freed.
-client_timeout = float(os.environ.get("CLIENT_TIMEOUT", "10"))
-
-
 def post_worker_init(worker):
+    from gunicorn import util
     from gunicorn.workers import gthread
 
+    # A client that stalls mid-request would block a gthread thread forever: gthread makes
+    # accepted sockets blocking with no timeout. Give each connection a read timeout.
     original = gthread.TConn.init
 
     def init_with_timeout(self):
         original(self)
-        self.sock.settimeout(client_timeout)
+        self.sock.settimeout(CONFIG.client_timeout)
 
     gthread.TConn.init = init_with_timeout
+    util.write_error = json_error
+    for name in ("gunicorn.error", "gunicorn.access"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(Redact())
     logging.getLogger("server").setLevel(logging.INFO)
 
 

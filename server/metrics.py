@@ -14,12 +14,23 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 # ms-scale buckets: the kiosk budget is tens of milliseconds.
 BUCKETS = (0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 
-REQUESTS = Counter("ecosort_requests_total", "HTTP requests by route and status", ["route", "method", "status"])
+# Every label takes values from a closed set: a client cannot grow the series.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+REQUESTS = Counter("ecosort_requests_total", "HTTP requests by route, method and status class",
+                   ["route", "method", "status"])
 LATENCY = Histogram("ecosort_request_seconds", "HTTP request latency by route", ["route"], buckets=BUCKETS)
 STAGE = Histogram("ecosort_stage_seconds", "Latency of each classification stage", ["stage"], buckets=BUCKETS)
 PREDICTIONS = Counter("ecosort_predictions_total", "Predictions by label", ["label"])
 UNCERTAIN = Counter("ecosort_uncertain_total", "Predictions under the bundle's confidence threshold")
 REJECTED = Counter("ecosort_rejected_images_total", "Uploads refused as bad input, by error code", ["code"])
+
+
+def status_class(status: int) -> str:
+    """Exact codes the API answers with, else the class (2xx ... 5xx)."""
+    return str(status) if status in KNOWN_STATUSES else f"{status // 100}xx"
+
+
+KNOWN_STATUSES = frozenset({200, 201, 400, 401, 404, 405, 409, 413, 415, 422, 429, 500, 503, 507})
 
 
 def render() -> bytes:

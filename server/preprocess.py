@@ -76,10 +76,17 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def decode(data: bytes, max_pixels: int, min_side: int, draft_to: int | None = None) -> Image.Image:
+def decode(data: bytes, max_pixels: int, min_side: int, draft_to: int | None = None,
+           max_aspect_ratio: float = 0.0) -> Image.Image:
     """Bytes to an upright RGB image. `draft_to`: let libjpeg scale by 1/2, 1/4 or 1/8 while
-    decoding, keeping the shorter side >= draft_to (the fast path for camera frames)."""
+    decoding, keeping the shorter side >= draft_to (the fast path for camera frames).
+    `max_aspect_ratio` (0: none) refuses strips whose short side, resized up to the model's
+    size, would make the long side, and the resize's memory, explode."""
     image = _open(data, max_pixels, min_side)
+    width, height = image.size
+    if max_aspect_ratio and max(width, height) > max_aspect_ratio * min(width, height):
+        raise ImageError(422, "extreme_aspect_ratio",
+                         f"{width}x{height} is more than {max_aspect_ratio:g} times as long as it is wide")
     try:
         if getattr(image, "n_frames", 1) > 1:
             image.seek(0)  # animated GIF, multi-page TIFF: the first frame

@@ -1,0 +1,150 @@
+"""Hardening, round two (issue 19): each finding reproduced against the real server."""
+
+import io
+import re
+import socket
+import time
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from bench.serve import Gunicorn
+from server import create_app
+from server.feedback import store
+from tests.helpers import solid
+
+TOKEN = "s3cret-token-xyz"
+
+
+def raw(port: int, data: bytes, timeout: float = 10) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return out
+
+
+def chunked(body: bytes) -> bytes:
+    return f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle, tmp_path_factory):
+    with Gunicorn(tiny_bundle, WEB_CONCURRENCY="1", GUNICORN_THREADS="2", MAX_UPLOAD_MB="0.05",
+                  API_TOKEN=TOKEN, ACCESS_LOG="-") as g:
+        yield g
+
+
+HEAD = f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n"
+
+
+@pytest.mark.parametrize("value", ["²", "①", "٣", "0", "99", "-1"])
+def test_top_k_unicode_digits_are_a_400(client, value):
+    for route in ("/v1/classify", "/v1/classify/batch"):
+        r = client.post(f"{route}?top_k={value}", data=solid((255, 0, 0)), content_type="image/png")
+        assert r.status_code == 400 and r.json["error"]["code"] == "bad_top_k"
+
+
+@pytest.mark.parametrize("framing", [
+    b"zz\r\nabc\r\n0\r\n\r\n",  # not a hex size
+    b"5\r\nabcdeXX0\r\n\r\n",  # chunk without its CRLF terminator
+    b"3;\x01junk\r\nabc\r\n0\r\n\r\n",  # junk chunk extension
+    b"3\r\nabc\r\n0\r\nbad trailer\r\n\r\n",  # malformed trailer
+])
+def test_malformed_chunked_framing_is_a_json_400(server, framing):
+    answer = raw(server.port, (HEAD + "Content-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+                 + framing)
+    status = int(answer.split(b" ", 2)[1])
+    assert 400 <= status < 500, answer[:300]
+    assert b"application/json" in answer and b"<html" not in answer.lower()
+
+
+def test_unknown_transfer_coding_is_a_json_400(server):
+    answer = raw(server.port, (HEAD + "Transfer-Encoding: xchunked\r\nContent-Length: 3\r\n\r\nabc").encode())
+    assert answer.startswith(b"HTTP/1.1 400") and b'"code": "bad_request"' in answer, answer[:300]
+
+
+def test_chunked_body_over_the_limit_is_a_413(server):
+    big = solid((255, 0, 0)) + b"\0" * 80_000  # a valid PNG followed by padding: over 0.05 MB
+    answer = raw(server.port, (HEAD + "Content-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+                 + chunked(big))
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+    ok = raw(server.port, (HEAD + "Content-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+             + chunked(solid((255, 0, 0))))
+    assert ok.startswith(b"HTTP/1.1 200") and b'"label":"cardboard"' in ok, ok[:300]
+
+
+def test_no_token_in_any_log_line(server):
+    raw(server.port, f"GET /?token={TOKEN} HTTP/1.1 junk\r\nHost: x\r\n\r\n".encode())  # malformed request line
+    requests.get(f"{server.url}/?token={TOKEN}", timeout=5)
+    requests.get(f"{server.url}/readyz", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+    time.sleep(0.3)
+    log = server.output()
+    assert "Invalid request" in log and "[redacted]" in log
+    assert TOKEN not in log
+
+
+def test_query_token_only_for_the_page_and_only_once(tiny_bundle):
+    client = create_app({"model": tiny_bundle, "api_token": TOKEN}).test_client()
+    assert client.get(f"/?token={TOKEN}").status_code == 200
+    assert client.get(f"/readyz?token={TOKEN}").status_code == 401
+    assert client.get(f"/?token={TOKEN}&token=wrong").status_code == 401
+    assert client.get(f"/?token=wrong&token={TOKEN}").status_code == 401
+
+
+def png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_extreme_aspect_ratio_is_refused_before_any_resize(client):
+    r = client.post("/v1/classify", data=png(16, 100_000), content_type="image/png")
+    assert r.status_code == 422 and r.json["error"]["code"] == "extreme_aspect_ratio"
+    assert client.post("/v1/classify", data=png(64, 400), content_type="image/png").status_code == 200
+
+
+def test_a_batch_runs_in_bounded_pieces(tiny_bundle, monkeypatch):
+    app = create_app({"model": tiny_bundle, "max_run_batch": 3})
+    runtime = app.extensions["ecosort"].runtime
+    sizes = []
+    original = runtime.infer
+    monkeypatch.setattr(runtime, "infer", lambda batch: sizes.append(len(batch)) or original(batch))
+    files = {f"f{i}": (io.BytesIO(solid((0, 255, 0))), f"{i}.png", "image/png") for i in range(8)}
+    r = app.test_client().post("/v1/classify/batch", data=files, content_type="multipart/form-data")
+    assert r.status_code == 200 and [x["label"] for x in r.json["results"]] == ["glass"] * 8
+    assert sizes == [3, 3, 2]
+
+
+def test_metric_labels_are_a_closed_set(client):
+    for i in range(30):
+        client.open("/healthz", method=f"JUNK{i}")
+    client.open("/v1/classify", method="BREW")
+    text = client.get("/metrics").get_data(as_text=True)
+    methods = set(re.findall(r'ecosort_requests_total\{method="([^"]+)"', text))
+    statuses = set(re.findall(r'ecosort_requests_total\{[^}]*status="([^"]+)"', text))
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other"}, methods
+    assert "other" in methods and all(re.fullmatch(r"\d{3}|\dxx", s) for s in statuses), statuses
+
+
+def test_partial_feedback_writes_are_cleaned_and_counted(tmp_path):
+    (tmp_path / "glass").mkdir()
+    stale = tmp_path / "glass" / ".abc.123.tmp"
+    stale.write_bytes(b"\0" * 5000)  # a writer killed with -9 mid-write
+    jpeg = np.zeros(10).tobytes()
+    with pytest.raises(Exception, match="size cap"):
+        store(tmp_path, "glass", jpeg + b"x" * 5000, cap_bytes=5000)
+    assert not stale.exists()
+    path, created = store(tmp_path, "glass", jpeg, cap_bytes=5000)
+    assert created and path.exists()
+
+
+def test_model_route_shows_no_machine_paths(client):
+    text = client.get("/v1/model").get_data(as_text=True)
+    assert "../" not in text and "/work/" not in text and "-dirty" not in text
