@@ -32,7 +32,7 @@ from training.report import classification_metrics, write_report
 from training.selective import choose_threshold, curve_points, risk_coverage
 from training.train import class_counts
 
-from .onnx_export import OPSET, Ensemble, parity, static_same_padding, to_onnx
+from .onnx_export import OPSET, Ensemble, output_name, parity, static_same_padding, to_onnx
 from .quantize import BATCH, quantize_int8
 
 log = logging.getLogger("export")
@@ -262,7 +262,7 @@ def main(args) -> int:
         shutil.move(work / f"{precision}.onnx", onnx_path)
         bundle = Bundle(
             name=name, onnx=onnx_path.name, sha256=sha256_file(onnx_path), classes=tuple(classes),
-            input=InputSpec("image", (None, 3, spec.crop, spec.crop)), preprocess=spec,
+            input=InputSpec("image", (None, 3, spec.crop, spec.crop)), preprocess=spec, output=output_name(model),
             calibration=Calibration(results[precision]["temperature"], results[precision]["selective"]["threshold"],
                                     offsets(results[precision])),
             metrics={"precision": precision, **results[precision], "parity": check, "variants": summary,

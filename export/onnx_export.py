@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,8 @@ import onnx
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from training.models import Views, mean_probability
 
 log = logging.getLogger(__name__)
 OPSET = 18
@@ -43,8 +44,7 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(members)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        log_probs = torch.stack([m(image).log_softmax(1) for m in self.members])
-        return torch.logsumexp(log_probs, 0) - math.log(len(self.members))
+        return mean_probability(torch.stack([m(image).log_softmax(1) for m in self.members]))
 
 
 def _same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
@@ -76,13 +76,20 @@ def static_same_padding(model: nn.Module, size: int) -> int:
     return len(shapes)
 
 
+def output_name(model: nn.Module) -> str:
+    """One network gives logits; an ensemble or a views average gives log-probabilities
+    (softmax of either is the probability, so the server treats them alike)."""
+    return "log_probs" if isinstance(model, (Ensemble, Views)) else "logits"
+
+
 def to_onnx(model: nn.Module, path: Path, size: int, opset: int = OPSET) -> onnx.ModelProto:
-    """Export with input `image`, output `logits`, a dynamic batch axis; checker must pass."""
+    """Export with input `image`, output `logits` (or `log_probs`), a dynamic batch axis; checker must pass."""
     model = model.eval().float().to(memory_format=torch.contiguous_format)
+    name = output_name(model)
     torch.onnx.export(
         model, (torch.zeros(1, 3, size, size),), str(path), dynamo=False, opset_version=opset,
-        input_names=["image"], output_names=["logits"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, do_constant_folding=True,
+        input_names=["image"], output_names=[name],
+        dynamic_axes={"image": {0: "batch"}, name: {0: "batch"}}, do_constant_folding=True,
     )
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)

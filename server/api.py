@@ -152,7 +152,9 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     clf = current_app.extensions.get("ecosort")
-    if clf is None or not clf.runtime.ready.is_set() or current_app.extensions.get("ecosort.draining"):
+    if current_app.extensions.get("ecosort.draining"):
+        raise ApiError(503, "draining", "this worker is shutting down; retry on another", {"Retry-After": "1"})
+    if clf is None or not clf.runtime.ready.is_set():
         raise ApiError(503, "not_ready", "the model is not loaded and warmed up yet", {"Retry-After": "1"})
     return jsonify({"status": "ready", "model": model_json()})
 

@@ -57,6 +57,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     return app
 
 
+def start_draining(app: Flask) -> None:
+    """From now on /readyz says 'draining' (503), so a balancer stops sending new work here
+    while in-flight requests finish. gunicorn's worker calls this on SIGTERM."""
+    app.extensions["ecosort.draining"] = True
+    log.info("draining: finishing in-flight requests, /readyz now 503")
+
+
 def _register_hooks(app: Flask, config: Config) -> None:
     token = config.api_token.encode()
 

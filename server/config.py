@@ -41,12 +41,10 @@ class Config:
     ort_spinning: bool = False
     ort_arena: bool = True
     # onnxruntime's memory pattern pre-plans one block for all of a run's activations per input
-    # shape, on top of the arena; off, the arena reuses buffers as the run goes (measured: the
-    # 4-view graph 277 -> 192 MB standalone, run time within 1 ms).
+    # shape, on top of the arena; off, the arena reuses buffers as the run goes (docs/serving.md).
     ort_mem_pattern: bool = False
     # Session runs a worker does at once. Each concurrent run keeps its own activations in the
-    # arena (README "Speed", 4-view graph: 427 MB a worker with 4 at once, 253 MB with 1), and one run
-    # already keeps the cores busy.
+    # arena, and one run already keeps the cores busy.
     ort_parallel_runs: int = 1
     fast_decode: bool = True  # JPEG DCT-domain downscale for large frames (see README)
     max_inflight: int = 8  # per worker; more waiting requests are shed with 503

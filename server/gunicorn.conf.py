@@ -98,6 +98,18 @@ def post_worker_init(worker):
 
     gthread.TConn.init = init_with_timeout
     util.write_error = json_error
+    # SIGTERM (graceful stop, or a HUP replacing workers with a new bundle): say so on /readyz.
+    import signal
+
+    from server.app import start_draining
+
+    exit_handler = worker.handle_exit
+
+    def drain_then_exit(sig, frame):
+        start_draining(worker.wsgi)
+        exit_handler(sig, frame)
+
+    signal.signal(signal.SIGTERM, drain_then_exit)
     for name in ("gunicorn.error", "gunicorn.access"):
         for handler in logging.getLogger(name).handlers:
             handler.addFilter(Redact())

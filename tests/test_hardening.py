@@ -148,3 +148,15 @@ def test_partial_feedback_writes_are_cleaned_and_counted(tmp_path):
 def test_model_route_shows_no_machine_paths(client):
     text = client.get("/v1/model").get_data(as_text=True)
     assert "../" not in text and "/work/" not in text and "-dirty" not in text
+
+
+def test_readyz_says_draining_once_shutdown_starts(tiny_bundle):
+    from server.app import start_draining
+
+    app = create_app({"model": tiny_bundle})
+    client = app.test_client()
+    assert client.get("/readyz").status_code == 200
+    start_draining(app)
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.json["error"]["code"] == "draining" and r.headers["Retry-After"] == "1"
+    assert client.post("/v1/classify", data=solid((255, 0, 0)), content_type="image/png").status_code == 200

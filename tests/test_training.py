@@ -65,7 +65,9 @@ def test_one_epoch_fit_and_report(fitted):
     assert (out / "best.pt").exists() and (out / "split.json").exists()
     for name in ("metrics.json", "confusion.json", "confusion.png", "summary.md"):
         assert (out / "report" / name).stat().st_size > 0
-    assert 0 <= metrics["test"]["accuracy"] <= 1 and metrics["temperature"] > 0
+    report = json.loads((out / "report" / "metrics.json").read_text())
+    assert report["test"]["accuracy"] == metrics["test"]["accuracy"] and metrics["temperature"] > 0
+    assert sum(map(sum, metrics["test"]["confusion"])) == metrics["test"]["n"] > 0
     summary = (out / "report" / "summary.md").read_text()
     assert "| cardboard |" in summary and "ECE" in summary
     # Each recall carries its interval, computed from the counts the report states.

@@ -130,7 +130,7 @@ def recipe_scores(pooled: dict, classes: list[str]) -> dict:
         per_class[c] = {"recall": recall[i], "n": n, "ci": stats.wilson(right, n)}
     worst, low = stats.lowest(recall)
     # The decision rule fitted on all out-of-fold pictures instead of one val split; the
-    # pictures it may give up scale with the set (2 of val's 378 is about 0.5%, here 0.25%).
+    # pictures it may give up scale with the set.
     counts = [per_class[c]["n"] for c in classes]
     logits = probs.clamp_min(1e-12).log()
     tau = fit_logit_adjustment(logits, targets, counts, max_drop=round(ADJUSTMENT_MAX_DROP * len(targets)))

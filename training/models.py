@@ -144,6 +144,11 @@ def set_train_mode(model: nn.Module) -> None:
             m.eval()
 
 
+def mean_probability(log_probs: torch.Tensor) -> torch.Tensor:
+    """Log of the mean probability over the first axis (members, or views), from log-probabilities."""
+    return torch.logsumexp(log_probs, 0) - math.log(log_probs.shape[0])
+
+
 class Views(nn.Module):
     """A network averaged over flipped copies of its input: log of the mean probability.
 
@@ -163,4 +168,4 @@ class Views(nn.Module):
         # One batch through the network: faster on CPU than `views` separate calls.
         batch = torch.cat([image.flip(dims) if dims else image for dims in flips])
         log_probs = self.model(batch).log_softmax(1).unflatten(0, (self.views, -1))  # -1: batch stays dynamic in ONNX
-        return torch.logsumexp(log_probs, 0) - math.log(self.views)
+        return mean_probability(log_probs)

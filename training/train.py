@@ -192,7 +192,7 @@ def main(args) -> dict:
         spec.update(resize=args.image_size, crop=args.image_size)
 
     device = torch.device(args.device)
-    # channels_last measured faster here on CPU too (16 vs 12 img/s training Lite0).
+    # channels_last: faster on CPU too for these depthwise-separable networks.
     channels_last = True
     model = build_model(args.backbone, len(classes), not args.no_pretrained and not args.init_from, args.weights)
     if args.init_from:
