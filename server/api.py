@@ -159,6 +159,45 @@ def readyz():
     return jsonify({"status": "ready", "model": model_json()})
 
 
+# KServe / Open Inference Protocol v2: health and metadata, so standard probes and
+# gateways work unchanged. Inference stays on /v1 (images, not tensors).
+@bp.get("/v2/health/live")
+def v2_live():
+    return jsonify({"live": True})
+
+
+@bp.get("/v2/health/ready")
+def v2_ready():
+    clf = current_app.extensions.get("ecosort")
+    ready = clf is not None and clf.runtime.ready.is_set() and not current_app.extensions.get("ecosort.draining")
+    return jsonify({"ready": ready}), 200 if ready else 503
+
+
+@bp.get("/v2")
+def v2_server():
+    return jsonify({"name": "ecosort", "version": "1", "extensions": []})
+
+
+@bp.get("/v2/models/<name>")
+def v2_model(name: str):
+    bundle = classifier().bundle
+    if name != bundle.name:
+        raise ApiError(404, "not_found", f"no model {name!r}; this server has {bundle.name!r}")
+    shape = [-1 if d is None else d for d in bundle.input.shape]
+    return jsonify({"name": bundle.name, "versions": [bundle.sha256], "platform": "onnxruntime_onnx",
+                    "inputs": [{"name": bundle.input.name, "datatype": "FP32", "shape": shape}],
+                    "outputs": [{"name": bundle.output, "datatype": "FP32", "shape": [-1, len(bundle.classes)]}],
+                    "parameters": {"classes": list(bundle.classes)}})
+
+
+@bp.get("/v2/models/<name>/ready")
+def v2_model_ready(name: str):
+    bundle = classifier().bundle
+    if name != bundle.name:
+        raise ApiError(404, "not_found", f"no model {name!r}; this server has {bundle.name!r}")
+    return v2_ready()
+
+
 @bp.get("/metrics")
 def prometheus():
     return Response(metrics.render(), mimetype=metrics.CONTENT_TYPE.split(";")[0])

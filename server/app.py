@@ -50,6 +50,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(bp)
     register_error_handlers(app)
     _register_hooks(app, config)
+    if config.cors_origins:
+        from flask_cors import CORS
+
+        # Off unless asked: a page served from elsewhere may call the API from these origins.
+        CORS(app, origins=[o.strip() for o in config.cors_origins.split(",") if o.strip()],
+             allow_headers=["Authorization", "Content-Type", "X-API-Token", "X-Request-ID"],
+             expose_headers=["X-Request-ID", "Retry-After"], max_age=600)
     if config.feedback_dir:
         from .feedback import register_feedback
 
@@ -72,7 +79,9 @@ def _register_hooks(app: Flask, config: Config) -> None:
         g.start = time.perf_counter()
         rid = request.headers.get("X-Request-ID", "")
         g.request_id = rid if REQUEST_ID.match(rid) else uuid.uuid4().hex
-        if token and request.path != "/healthz" and not hmac.compare_digest(_presented_token(), token):
+        # A CORS preflight carries no credentials by design; it reveals nothing and runs nothing.
+        open_route = request.path == "/healthz" or (request.method == "OPTIONS" and config.cors_origins)
+        if token and not open_route and not hmac.compare_digest(_presented_token(), token):
             raise ApiError(401, "unauthorized", "missing or wrong API token",
                            {"WWW-Authenticate": 'Bearer realm="ecosort"'})
         if request.content_length is None and "chunked" in request.headers.get("Transfer-Encoding", "").lower():

@@ -52,6 +52,8 @@ class Config:
     api_token: str = ""
     feedback_dir: str = ""
     feedback_max_mb: float = 500.0
+    station_id: str = ""  # written into each feedback record
+    cors_origins: str = ""  # comma-separated origins allowed to call the API from a browser
     # gunicorn (server/gunicorn.conf.py reads these too: one source of settings)
     bind: str = "0.0.0.0:8000"
     web_concurrency: int = 0  # workers; 0: one per core, at most 2

@@ -11,8 +11,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import io
+import json
 import os
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 from flask import Blueprint, Flask, current_app, g, jsonify, request
@@ -24,8 +26,31 @@ from .preprocess import ImageError, decode
 bp = Blueprint("feedback", __name__)
 
 
+RECORDS = "records.jsonl"
+SIZE = ".size"  # running total of the stored pictures' bytes: no re-count on every write
+
+
 def folder_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.glob("*/*.jpg"))
+
+
+def stored_bytes(root: Path) -> int:
+    """The running total, counted once if missing or unreadable. Call with the lock held."""
+    try:
+        return int((root / SIZE).read_text())
+    except (FileNotFoundError, ValueError):
+        total = folder_bytes(root)
+        (root / SIZE).write_text(str(total))
+        return total
+
+
+def append_record(root: Path, record: dict) -> None:
+    """One JSON line a stored picture, appended and fsynced (the lock is held): what
+    retraining needs to know about it besides its pixels."""
+    with open(root / RECORDS, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def remove_partial_writes(root: Path) -> int:
@@ -50,8 +75,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def store(root: Path, label: str, jpeg: bytes, cap_bytes: int) -> tuple[Path, bool]:
-    """Write once under an exclusive lock; returns (path, created)."""
+def store(root: Path, label: str, jpeg: bytes, cap_bytes: int, record: dict | None = None) -> tuple[Path, bool]:
+    """Write once under an exclusive lock, with its record line; returns (path, created)."""
     digest = hashlib.sha256(jpeg).hexdigest()
     target = root / label / f"{digest}.jpg"
     with open(root / ".lock", "a+") as lock:
@@ -61,7 +86,8 @@ def store(root: Path, label: str, jpeg: bytes, cap_bytes: int) -> tuple[Path, bo
             if existing.parent.name != label:
                 raise ApiError(409, "conflicting_label", f"this image is already filed as {existing.parent.name!r}")
             return existing, False
-        if folder_bytes(root) + len(jpeg) > cap_bytes:
+        used = stored_bytes(root)
+        if used + len(jpeg) > cap_bytes:
             raise ApiError(507, "feedback_full", "the feedback folder is at its size cap")
         target.parent.mkdir(exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{digest}.", suffix=".tmp", dir=target.parent)
@@ -75,6 +101,8 @@ def store(root: Path, label: str, jpeg: bytes, cap_bytes: int) -> tuple[Path, bo
             Path(tmp).unlink(missing_ok=True)
             raise
         _fsync_dir(target.parent)
+        (root / SIZE).write_text(str(used + len(jpeg)))
+        append_record(root, {"sha256": digest, "label": label, "path": f"{label}/{digest}.jpg", **(record or {})})
         return target, True
 
 
@@ -93,8 +121,12 @@ def feedback():
         raise ApiError(exc.status, exc.code, exc.message) from None
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=95)
+    predicted = clf.classify([data])[0]
+    record = {"predicted": getattr(predicted, "label", None), "confidence": getattr(predicted, "confidence", None),
+              "model_sha256": clf.bundle.sha256, "station_id": clf.config.station_id,
+              "time": datetime.now(UTC).isoformat(timespec="seconds")}
     root: Path = current_app.extensions["ecosort.feedback"]
-    path, created = store(root, label, buffer.getvalue(), current_app.extensions["ecosort.feedback_cap"])
+    path, created = store(root, label, buffer.getvalue(), current_app.extensions["ecosort.feedback_cap"], record)
     return jsonify({"stored": created, "label": label, "sha256": path.stem, "request_id": g.request_id}), \
         201 if created else 200
 
@@ -104,6 +136,8 @@ def register_feedback(app: Flask, root: Path, cap_mb: float) -> None:
     with open(root / ".lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         remove_partial_writes(root)
+        (root / SIZE).unlink(missing_ok=True)  # re-counted once per start: files may have moved
+        stored_bytes(root)
     app.extensions["ecosort.feedback"] = root
     app.extensions["ecosort.feedback_cap"] = int(cap_mb * 1024 * 1024)
     app.register_blueprint(bp)
