@@ -36,6 +36,9 @@ limit_request_fields = 50
 limit_request_field_size = 8190
 backlog = 256
 accesslog = CONFIG.access_log or None
+# One JSON object a line. The path without its query string: no token, no junk in the log.
+access_log_format = ('{"time": "%(t)s", "request_id": "%({x-request-id}o)s", "method": "%(m)s", '
+                     '"path": "%(U)s", "status": %(s)s, "latency_ms": %(M)s, "bytes": %(B)s}')
 errorlog = "-"
 loglevel = CONFIG.log_level
 proc_name = "ecosort"

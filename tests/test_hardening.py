@@ -81,13 +81,19 @@ def test_chunked_body_over_the_limit_is_a_413(server):
 
 
 def test_no_token_in_any_log_line(server):
-    raw(server.port, f"GET /?token={TOKEN} HTTP/1.1 junk\r\nHost: x\r\n\r\n".encode())  # malformed request line
+    # a malformed request line, which gunicorn logs whole
+    raw(server.port, f"GET /?token={TOKEN}\x01 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     requests.get(f"{server.url}/?token={TOKEN}", timeout=5)
     requests.get(f"{server.url}/readyz", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
     time.sleep(0.3)
     log = server.output()
     assert "Invalid request" in log and "[redacted]" in log
     assert TOKEN not in log
+    import json
+
+    access = [json.loads(line) for line in log.splitlines() if line.startswith('{"time"')]
+    assert any(a["path"] == "/readyz" and a["status"] == 200 and len(a["request_id"]) == 32 for a in access)
+    assert all(isinstance(a["latency_ms"], int) for a in access)
 
 
 def test_query_token_only_for_the_page_and_only_once(tiny_bundle):
