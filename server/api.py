@@ -20,11 +20,36 @@ def classifier() -> Classifier:
     return current_app.extensions["ecosort"]
 
 
+class Gate:
+    """`slots` requests at work, at most `queue` more waiting (each up to a timeout); one
+    past that is refused at once. Under overload a client hears back within the queue
+    timeout, with an answer or a 503, instead of waiting behind everyone."""
+
+    def __init__(self, slots: int, queue: int):
+        self._slots, self._lock = threading.BoundedSemaphore(slots), threading.Lock()
+        self.queue, self.waiting = queue, 0
+
+    def acquire(self, timeout: float) -> bool:
+        with self._lock:
+            if self.waiting >= self.queue:
+                return False
+            self.waiting += 1
+        try:
+            return self._slots.acquire(timeout=timeout)
+        finally:
+            with self._lock:
+                self.waiting -= 1
+
+    def release(self) -> None:
+        self._slots.release()
+
+
 @contextmanager
 def slot():
     """Bound the requests a worker works on at once; the rest wait, then are shed with 503."""
-    gate: threading.BoundedSemaphore = current_app.extensions["ecosort.gate"]
+    gate: Gate = current_app.extensions["ecosort.gate"]
     if not gate.acquire(timeout=current_app.config["ECOSORT"].queue_timeout_s):
+        metrics.SHED.inc()
         raise ApiError(503, "overloaded", "the server is busy; retry shortly", {"Retry-After": "1"})
     try:
         yield

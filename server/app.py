@@ -6,7 +6,6 @@ import hmac
 import io
 import logging
 import re
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 from flask import Flask, g, request
 
 from . import metrics
-from .api import bp
+from .api import Gate, bp
 from .bundle import load_bundle
 from .classify import Classifier
 from .config import Config
@@ -45,7 +44,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     log.info("model %s (%s) ready in %.0f ms warm-up, %d onnxruntime threads, fast_decode=%s",
              bundle.name, bundle.sha256[:12], warm_ms, config.threads, config.fast_decode)
     app.extensions["ecosort"] = Classifier(runtime, config)
-    app.extensions["ecosort.gate"] = threading.BoundedSemaphore(config.max_inflight)
+    app.extensions["ecosort.gate"] = Gate(config.max_inflight, config.max_queue)
     app.extensions["ecosort.page"] = PAGE.read_bytes()
     app.register_blueprint(bp)
     register_error_handlers(app)

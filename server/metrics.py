@@ -22,6 +22,7 @@ LATENCY = Histogram("ecosort_request_seconds", "HTTP request latency by route", 
 STAGE = Histogram("ecosort_stage_seconds", "Latency of each classification stage", ["stage"], buckets=BUCKETS)
 PREDICTIONS = Counter("ecosort_predictions_total", "Predictions by label", ["label"])
 UNCERTAIN = Counter("ecosort_uncertain_total", "Predictions under the bundle's confidence threshold")
+SHED = Counter("ecosort_shed_total", "Requests refused with 503 overloaded")
 REJECTED = Counter("ecosort_rejected_images_total", "Uploads refused as bad input, by error code", ["code"])
 
 

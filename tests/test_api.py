@@ -198,7 +198,7 @@ def test_overloaded_503(app):
     gate = app.extensions["ecosort.gate"]
     app.config["ECOSORT"] = app.config["ECOSORT"].__class__(**{**app.config["ECOSORT"].__dict__,
                                                                "queue_timeout_s": 0.01})
-    held = [gate.acquire() for _ in range(8)]
+    held = [gate.acquire(1) for _ in range(app.config["ECOSORT"].max_inflight)]
     try:
         r = app.test_client().post("/v1/classify", data=solid((0, 0, 0)))
         error_of(r, 503, "overloaded")
@@ -206,6 +206,27 @@ def test_overloaded_503(app):
     finally:
         for _ in held:
             gate.release()
+
+
+def test_a_full_queue_refuses_at_once():
+    import threading
+    import time
+
+    from server.api import Gate
+
+    gate = Gate(1, 2)
+    assert gate.acquire(1)
+    waiters = [threading.Thread(target=gate.acquire, args=(0.5,)) for _ in range(2)]
+    for w in waiters:
+        w.start()
+    time.sleep(0.05)
+    start = time.perf_counter()
+    assert not gate.acquire(10)  # two already waiting: refused without waiting
+    assert time.perf_counter() - start < 0.05
+    for w in waiters:
+        w.join()
+    gate.release()
+    assert gate.acquire(0.1)
 
 
 @pytest.mark.parametrize("parallel_runs", [1, 2])
