@@ -75,6 +75,10 @@ def test_threshold_is_the_lowest_that_keeps_answers_right():
     chosen = selective.choose_threshold(conf, correct, 0.98)
     assert chosen["threshold"] == 0.9 and chosen["coverage"] == 0.5 and chosen["met"]
     assert selective.choose_threshold(conf, correct, 0.75)["threshold"] == 0.7
+    # a miss among the most confident few does not stop the search further down the curve
+    dip = selective.choose_threshold(np.array([0.99, 0.98, 0.97, 0.9, 0.8, 0.7]), np.array([0, 1, 1, 1, 1, 0]),
+                                     0.75)
+    assert dip["threshold"] == 0.8 and dip["coverage"] == 5 / 6
     never = selective.choose_threshold(np.array([0.9, 0.8]), np.array([0, 1]), 0.98)
     assert not never["met"]
     rows = selective.risk_coverage(np.array([0.9, 0.9, 0.5]), np.array([1, 0, 1]))
