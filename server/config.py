@@ -47,9 +47,10 @@ class Config:
     # arena, and one run already keeps the cores busy.
     ort_parallel_runs: int = 1
     fast_decode: bool = True  # JPEG DCT-domain downscale for large frames (see README)
-    # Per worker: requests at work at once (about the cores: one session run at a time
-    # anyway), and how many more may wait; past that a 503 comes at once.
-    max_inflight: int = 2
+    # Per worker: requests at work at once, and how many more may wait in the app; past
+    # that a 503 comes at once. With as many slots as gunicorn threads the gate never
+    # sheds: docs/serving.md has what shedding did at 64 clients, and why it is off.
+    max_inflight: int = 4
     max_queue: int = 8
     queue_timeout_s: float = 5.0
     api_token: str = ""
@@ -60,9 +61,7 @@ class Config:
     # gunicorn (server/gunicorn.conf.py reads these too: one source of settings)
     bind: str = "0.0.0.0:8000"
     web_concurrency: int = 0  # workers; 0: one per core, at most 2
-    # Enough threads that waiting happens in the app's gate, where it is bounded and timed,
-    # not unseen in gthread's queue of accepted connections.
-    gunicorn_threads: int = 16
+    gunicorn_threads: int = 4  # threads overlap one request's decode with another's inference
     gunicorn_timeout: int = 30
     gunicorn_graceful_timeout: int = 20
     gunicorn_keepalive: int = 5

@@ -60,3 +60,26 @@ def test_recorded_test_accuracy_is_reproduced():
         predictions += [bundle.classes[i] for i in runtime.probabilities(runtime.infer(batch)).argmax(1)]
     accuracy = np.mean([p == it["label"] for p, it in zip(predictions, items)])
     assert accuracy == pytest.approx(bundle.metrics["test"]["accuracy"], abs=1e-9)
+
+
+def test_threshold_is_the_one_chosen_on_val():
+    bundle = load_bundle(SHIPPED)
+    selective = bundle.metrics["selective"]
+    assert bundle.calibration.uncertain_below == selective["threshold"]
+    assert selective["chosen_on_val"]["accuracy"] >= selective["answered_accuracy_target"]
+    assert selective["val"]["coverage"] == selective["chosen_on_val"]["coverage"]
+
+
+def test_frames_with_no_object_are_not_sure():
+    """A few of the suite's no-object frames through the server (docs/model-card.md has them all)."""
+    import io
+
+    from training.robustness import no_object_frames
+
+    client = create_app({"model": SHIPPED}).test_client()
+    for kind in ("black", "over_exposed", "empty_wood", "hand"):
+        for frame in no_object_frames(kind, 2, (298, 224), seed=1):
+            buffer = io.BytesIO()
+            frame.save(buffer, "PNG")
+            body = client.post("/v1/classify", data=buffer.getvalue(), content_type="image/png").get_json()
+            assert body["uncertain"], (kind, body["label"], body["confidence"])
