@@ -44,7 +44,7 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(members)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return mean_probability(torch.stack([m(image).log_softmax(1) for m in self.members]))
+        return mean_probability(torch.stack([m(image).log_softmax(1) for m in self.members]), len(self.members))
 
 
 def _same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:

@@ -69,7 +69,7 @@ def cli(argv=None) -> int:
     fit.add_argument("--recipe", help="a file of training/recipes/ (NAME or NAME.toml): its values become the "
                      "defaults, flags given here still win")
     known, _ = parser.parse_known_args(argv)
-    if getattr(known, "recipe", None):
+    if known.command == "fit" and known.recipe:
         fit.set_defaults(**recipes.load(known.recipe))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -144,9 +144,9 @@ def set_train_mode(model: nn.Module) -> None:
             m.eval()
 
 
-def mean_probability(log_probs: torch.Tensor) -> torch.Tensor:
-    """Log of the mean probability over the first axis (members, or views), from log-probabilities."""
-    return torch.logsumexp(log_probs, 0) - math.log(log_probs.shape[0])
+def mean_probability(log_probs: torch.Tensor, n: int) -> torch.Tensor:
+    """Log of the mean probability over the first axis (n members, or n views), from log-probabilities."""
+    return torch.logsumexp(log_probs, 0) - math.log(n)
 
 
 class Views(nn.Module):
@@ -168,4 +168,4 @@ class Views(nn.Module):
         # One batch through the network: faster on CPU than `views` separate calls.
         batch = torch.cat([image.flip(dims) if dims else image for dims in flips])
         log_probs = self.model(batch).log_softmax(1).unflatten(0, (self.views, -1))  # -1: batch stays dynamic in ONNX
-        return mean_probability(log_probs)
+        return mean_probability(log_probs, self.views)
