@@ -1,6 +1,6 @@
 """k-fold cross-validation over train+val: a steadier signal for choosing a recipe.
 
-One val split (378 pictures, 20 of them trash) ranks networks up to 3 points apart from
+One val split (a few hundred pictures, a few dozen of the smallest class) ranks networks points apart from
 test, so a rule that picks by val picks noise. `folds` cuts train+val into k fold
 manifests (stratified, near-duplicate groups kept whole, test items left out: they never
 enter a fold); `fit --manifest FOLD` trains on k-1 folds and validates on the k-th as

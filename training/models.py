@@ -115,8 +115,7 @@ def _stem_and_stages(model: nn.Module, backbone: str) -> tuple[list[nn.Module], 
 def apply_strategy(model: nn.Module, backbone: str, strategy: str, frozen_stages: int = 0) -> None:
     """Freeze everything the strategy does not train; frozen_stages > 0 also freezes the stem
     and that many stages from the input side. Those run at the highest resolution, so
-    skipping their backward is most of a CPU step's time (Lite2 at 296 px: about 4 s a step
-    of 32 fully trained, about 2.4 s with the stem and 2 of its 7 stages frozen)."""
+    skipping their backward is most of a CPU step's time."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
     model.requires_grad_(False)

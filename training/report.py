@@ -74,7 +74,7 @@ def summary_markdown(name: str, metrics: dict, classes: list[str]) -> str:
 
 
 def interval(share: float, n: int) -> str:
-    """Wilson 95% interval of a share of n pictures: with 21 trash pictures one is 4.8 points."""
+    """Wilson 95% interval of a share of n pictures: on a small class one picture is several points."""
     low, high = wilson(round(share * n), n)
     return f"{100 * low:.1f}-{100 * high:.1f}%"
 

@@ -1,7 +1,7 @@
 """How far a count of right answers can be trusted: per-class recall, Wilson intervals, McNemar.
 
-With 21 test pictures of trash one picture is 4.8 points, so a recall means little
-without its interval, and two models scored on the same pictures are compared on the
+With a few dozen pictures of a class one picture is several points, so a recall means
+little without its interval, and two models scored on the same pictures are compared on the
 pictures where they disagree (McNemar), not on two separate accuracies.
 """
 
