@@ -20,7 +20,6 @@ from server.bundle import Bundle, load_bundle
 from server.preprocess import preprocess
 from server.runtime import Runtime
 from training import robustness
-from training.data import open_rgb, read_manifest, split_of
 
 log = logging.getLogger("export.robustness")
 
@@ -33,12 +32,6 @@ def bundle_predictor(bundle: Bundle, threads: int = 2) -> robustness.Predict:
         return runtime.probabilities(runtime.infer(batch))
 
     return predict
-
-
-def held_out(manifest: Path, data_root: Path, split: str, limit: int) -> tuple[list[Image.Image], np.ndarray]:
-    samples = split_of(read_manifest(manifest), split)
-    samples = samples[:: max(1, len(samples) // limit)] if limit else samples
-    return [open_rgb(data_root / rel) for rel, _ in samples], np.array([t for _, t in samples])
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -56,7 +49,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.bundle)
-    images, targets = held_out(args.manifest, args.data, args.split, args.limit)
+    images, targets = robustness.held_out(args.manifest, args.data, args.split, args.limit)
     result = robustness.run_suite(bundle_predictor(bundle), images, targets, bundle.preprocess.resize,
                                   bundle.calibration.uncertain_below, args.seed)
     result.update(split=args.split, bundle=bundle.name, sha256=bundle.sha256)

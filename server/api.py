@@ -203,11 +203,16 @@ def v2_server():
     return jsonify({"name": "ecosort", "version": "1", "extensions": []})
 
 
-@bp.get("/v2/models/<name>")
-def v2_model(name: str):
+def _served(name: str):
     bundle = classifier().bundle
     if name != bundle.name:
         raise ApiError(404, "not_found", f"no model {name!r}; this server has {bundle.name!r}")
+    return bundle
+
+
+@bp.get("/v2/models/<name>")
+def v2_model(name: str):
+    bundle = _served(name)
     shape = [-1 if d is None else d for d in bundle.input.shape]
     return jsonify({"name": bundle.name, "versions": [bundle.sha256], "platform": "onnxruntime_onnx",
                     "inputs": [{"name": bundle.input.name, "datatype": "FP32", "shape": shape}],
@@ -217,9 +222,7 @@ def v2_model(name: str):
 
 @bp.get("/v2/models/<name>/ready")
 def v2_model_ready(name: str):
-    bundle = classifier().bundle
-    if name != bundle.name:
-        raise ApiError(404, "not_found", f"no model {name!r}; this server has {bundle.name!r}")
+    _served(name)
     return v2_ready()
 
 

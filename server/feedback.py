@@ -21,7 +21,7 @@ from flask import Blueprint, Flask, current_app, g, jsonify, request
 
 from .api import classifier, single_upload
 from .errors import ApiError
-from .preprocess import ImageError, decode
+from .preprocess import ImageError, decode, preprocess
 
 bp = Blueprint("feedback", __name__)
 
@@ -53,18 +53,12 @@ def append_record(root: Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def remove_partial_writes(root: Path) -> int:
-    """Delete temp files a killed writer left behind; returns the bytes freed. Call with the
-    folder's lock held: every live writer holds it while its temp file exists, so any temp
-    file seen under the lock belongs to a writer that died."""
-    freed = 0
+def remove_partial_writes(root: Path) -> None:
+    """Delete temp files a killed writer left behind. Call with the folder's lock held:
+    every live writer holds it while its temp file exists, so any temp file seen under
+    the lock belongs to a writer that died."""
     for stale in root.glob("*/.*.tmp"):
-        try:
-            freed += stale.stat().st_size
-            stale.unlink()
-        except FileNotFoundError:
-            pass
-    return freed
+        stale.unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -121,8 +115,10 @@ def feedback():
         raise ApiError(exc.status, exc.code, exc.message) from None
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=95)
-    predicted = clf.classify([data])[0]
-    record = {"predicted": getattr(predicted, "label", None), "confidence": getattr(predicted, "confidence", None),
+    # What the model says of the picture as stored (no second decode; not a served prediction,
+    # so it is not counted in the prediction metrics).
+    probs = clf.runtime.probabilities(clf.runtime.infer(preprocess(image, clf.bundle.preprocess)[None]))[0]
+    record = {"predicted": clf.bundle.classes[int(probs.argmax())], "confidence": float(probs.max()),
               "model_sha256": clf.bundle.sha256, "station_id": clf.config.station_id,
               "time": datetime.now(UTC).isoformat(timespec="seconds")}
     root: Path = current_app.extensions["ecosort.feedback"]

@@ -202,8 +202,8 @@ def extend_with_feedback(manifest: dict, feedback: Path, data_root: Path | None 
         log.warning("feedback folders %s are not classes of this manifest: skipped", unknown)
     if not new:
         return manifest, 0
-    placed = [(dhash(_open_item(it, data_root, feedback)), it["split"]) for it in manifest["items"]] \
-        if data_root is not None else []
+    reader = ImageList(data_root, [], feedback=feedback) if data_root is not None else None
+    placed = [(dhash(open_rgb(reader.path(it["path"]))), it["split"]) for it in manifest["items"]] if reader else []
     items = list(manifest["items"])
     for path, item in new:
         h = dhash(open_rgb(path))
@@ -216,11 +216,6 @@ def extend_with_feedback(manifest: dict, feedback: Path, data_root: Path | None 
     log.info("feedback: %d new pictures added to the manifest", len(new))
     return {**manifest, "items": items,
             "counts": {sp: {c: counts[(sp, c)] for c in classes} for sp in constants.SPLITS}}, len(new)
-
-
-def _open_item(item: dict, data_root: Path, feedback: Path) -> Image.Image:
-    path = item["path"]
-    return open_rgb(feedback / path[len(FEEDBACK):] if path.startswith(FEEDBACK) else Path(data_root) / path)
 
 
 def split_of(manifest: dict, split: str) -> list[tuple[str, int]]:
@@ -261,7 +256,6 @@ class NoObjectFrames:
 
     def __init__(self, n: int, size: int, transform, seed: int = 0):
         self.n, self.size, self.transform, self.seed = n, size, transform, seed
-        self.epoch = 0
 
     def __len__(self) -> int:
         return self.n

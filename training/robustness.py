@@ -232,15 +232,19 @@ def checkpoint_predictor(checkpoint: Path) -> tuple[Predict, dict, float]:
     return predict, ckpt, ckpt.get("uncertain_below", UNCERTAIN_BELOW)
 
 
-def main(checkpoint: Path, data_root: Path, split: str, out: Path, limit: int = 0, seed: int = 0) -> dict:
+def held_out(manifest: Path, data_root: Path, split: str, limit: int = 0) -> tuple[list[Image.Image], np.ndarray]:
+    """A split's pictures and targets; with `limit`, about that many, evenly spaced."""
     from . import data
 
-    predict, ckpt, threshold = checkpoint_predictor(checkpoint)
-    samples = data.split_of(data.read_manifest(ckpt["manifest"]), split)
+    samples = data.split_of(data.read_manifest(manifest), split)
     samples = samples[:: max(1, len(samples) // limit)] if limit else samples
-    images = [data.open_rgb(Path(data_root) / rel) for rel, _ in samples]
-    result = run_suite(predict, images, np.array([t for _, t in samples]), ckpt["preprocess"]["resize"],
-                       threshold, seed)
+    return [data.open_rgb(Path(data_root) / rel) for rel, _ in samples], np.array([t for _, t in samples])
+
+
+def main(checkpoint: Path, data_root: Path, split: str, out: Path, limit: int = 0, seed: int = 0) -> dict:
+    predict, ckpt, threshold = checkpoint_predictor(checkpoint)
+    images, targets = held_out(ckpt["manifest"], data_root, split, limit)
+    result = run_suite(predict, images, targets, ckpt["preprocess"]["resize"], threshold, seed)
     result["split"] = split
     write(result, out, f"{Path(checkpoint)} on {split}")
     log.info("robustness: %s", json.dumps({k: v for k, v in result["summary"].items() if "gap" in k}))

@@ -100,18 +100,20 @@ def make_loaders(args, manifest: dict, spec: dict, distributed: bool):
     train_tf = presets.train_preset(spec["crop"], spec["mean"], spec["std"], args.background_p, args.scale_min,
                                     args.trivial_augment)
     eval_tf = presets.eval_preset(**spec)
-    train_set = data.ImageList(args.data, data.split_of(manifest, "train"), train_tf, args.feedback)
-    counts = class_counts(train_set.samples, len(manifest["classes"]))
+    images = data.ImageList(args.data, data.split_of(manifest, "train"), train_tf, args.feedback)
+    counts = class_counts(images.samples, len(manifest["classes"]))
+    weights = (1.0 / counts)[[t for _, t in images.samples]]
+    train_set = images
     if args.no_object_share:
-        frames = data.NoObjectFrames(round(args.no_object_share * len(train_set)), spec["crop"],
+        frames = data.NoObjectFrames(round(args.no_object_share * len(images)), spec["crop"],
                                      presets.no_object_preset(spec["crop"], spec["mean"], spec["std"]), args.seed)
-        train_set = ConcatDataset([train_set, frames])
-        train_set.samples = train_set.datasets[0].samples
+        train_set = ConcatDataset([images, frames])
+        # a frame is drawn as often as an average picture
+        weights = torch.cat([weights, weights.mean().expand(len(frames))])
     sampler = None
     if distributed:
         sampler = DistributedSampler(train_set, seed=args.seed)
     elif args.imbalance == "sampler":
-        weights = (1.0 / counts)[[t for _, t in train_set.samples]]
         sampler = WeightedRandomSampler(weights, len(train_set), generator=torch.Generator().manual_seed(args.seed))
     common = {"batch_size": args.batch_size, "num_workers": args.workers, "persistent_workers": args.workers > 0,
               "pin_memory": args.device.startswith("cuda")}
