@@ -231,6 +231,11 @@ def prometheus():
     return Response(metrics.render(), mimetype=metrics.CONTENT_TYPE.split(";")[0])
 
 
+@bp.get("/openapi.json")
+def openapi():
+    return Response(current_app.extensions["ecosort.openapi"], mimetype="application/json")
+
+
 @bp.get("/")
 def index():
     return Response(current_app.extensions["ecosort.page"], mimetype="text/html")

@@ -24,6 +24,7 @@ from .runtime import Runtime
 log = logging.getLogger("server")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 PAGE = Path(__file__).with_name("static") / "index.html"
+OPENAPI = Path(__file__).with_name("openapi.json")
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -46,6 +47,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["ecosort"] = Classifier(runtime, config)
     app.extensions["ecosort.gate"] = Gate(config.max_inflight, config.max_queue)
     app.extensions["ecosort.page"] = PAGE.read_bytes()
+    app.extensions["ecosort.openapi"] = OPENAPI.read_bytes()
     app.register_blueprint(bp)
     register_error_handlers(app)
     _register_hooks(app, config)

@@ -227,3 +227,31 @@ def test_class_offset_adds_to_one_class_after_the_tau(fitted, tmp_path, caplog):
         for bad in ("nope=0.5", f"{last}=-1", f"{last}=x", last):
             assert export(run / "best.pt", tmp_path / "bad", "--no-int8", "--class-offset", bad) == 2
     assert "--class-offset takes CLASS=B" in caplog.text and not (tmp_path / "bad.json").exists()
+
+
+def test_teacher_outputs_feed_a_distilled_fit(lite_bundle, fitted, dataset, tmp_path):
+    from export import teacher
+    from server.preprocess import preprocess
+    from server.runtime import Runtime
+    from training import data
+
+    run, _ = fitted
+    out = tmp_path / "teacher.npz"
+    args = teacher.get_args_parser().parse_args([str(lite_bundle.with_suffix(".json")), "--data", str(dataset),
+                                                 "--manifest", str(run / "split.json"), "--out", str(out)])
+    assert teacher.main(args) == 0
+    train = data.split_of(data.read_manifest(run / "split.json"), "train")
+    bundle = load_bundle(lite_bundle.with_suffix(".json"))
+    kept = data.read_teacher(out, list(bundle.classes))
+    assert sorted(kept) == sorted(p for p, _ in train)
+    path = train[0][0]
+    image = data.open_rgb(dataset / path)
+    direct = Runtime(bundle, 1).infer(preprocess(image, bundle.preprocess)[None])[0]
+    assert torch.allclose(torch.as_tensor(kept[path]), torch.as_tensor(direct), atol=1e-4)
+    with pytest.raises(data.DatasetError, match="teacher for"):
+        data.read_teacher(out, list(reversed(bundle.classes)))
+
+    result = fit(dataset, tmp_path / "kd", "--manifest", str(run / "split.json"), "--teacher", str(out),
+                 "--distill-alpha", "0.5", "--no-object-share", "0.5", "--max-steps", "2", "--no-report")
+    ckpt = torch.load(tmp_path / "kd" / "best.pt", weights_only=False)
+    assert result["val"]["acc"] >= 0 and ckpt["args"]["teacher"] == str(out)

@@ -142,3 +142,34 @@ def test_fit_trains_on_feedback_and_grows_the_manifest(dataset, tmp_path):
     fit(dataset, tmp_path / "run", "--manifest", str(manifest), "--feedback", str(feedback), "--max-steps", "1")
     grown = json.loads(manifest.read_text())
     assert sum(it["path"].startswith(data.FEEDBACK) for it in grown["items"]) == 3
+
+
+def test_soft_targets_mix_teacher_and_label():
+    class Pictures:
+        samples = [("a.jpg", 1), ("b.jpg", 0), ("frame", -1)]
+
+        def __getitem__(self, i):
+            return "image", self.samples[i][1]
+
+        def __len__(self):
+            return 3
+
+    teacher = {"a.jpg": np.log(np.array([0.5, 0.25, 0.25], np.float32))}
+    soft = data.SoftTargets(Pictures(), teacher, 3, alpha=0.6)
+    assert torch.allclose(soft[0][1], torch.tensor([0.3, 0.55, 0.15]))
+    assert torch.equal(soft[1][1], torch.tensor([1.0, 0.0, 0.0]))  # the teacher never saw it
+    assert torch.equal(soft[2][1], torch.zeros(3))  # no object
+    sharp = data.SoftTargets(Pictures(), teacher, 3, alpha=1.0, temperature=0.5)
+    assert sharp[0][1][0] > 0.6
+
+
+def test_outlier_exposure_reads_soft_targets_as_hard_ones():
+    logits = torch.randn(4, 3)
+    hard = torch.tensor([2, -1, 0, -1])
+    as_soft = torch.zeros(4, 3)
+    as_soft[0, 2] = as_soft[2, 0] = 1.0
+    loss = OutlierExposureLoss(torch.nn.CrossEntropyLoss(), 0.5)
+    assert torch.allclose(loss(logits, hard), loss(logits, as_soft))
+    from training.engine import hard_labels
+
+    assert torch.equal(hard_labels(as_soft), hard)

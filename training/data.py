@@ -247,6 +247,43 @@ class ImageList:
         return (self.transform(image) if self.transform else image), target
 
 
+class SoftTargets:
+    """A dataset whose targets become distributions: `alpha` of the teacher's softmax
+    (`outputs[path]`, over `temperature`) and the rest the one-hot label (knowledge
+    distillation, Hinton et al., 2015). Pictures the teacher has not seen keep their
+    one-hot label; a frame with no object (target -1) gets all zeros, which
+    OutlierExposureLoss reads as "no object"."""
+
+    def __init__(self, dataset, outputs: dict[str, np.ndarray], n_classes: int, alpha: float,
+                 temperature: float = 1.0):
+        self.dataset, self.outputs, self.n, self.alpha, self.t = dataset, outputs, n_classes, alpha, temperature
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        image, target = self.dataset[i]
+        soft = torch.zeros(self.n)
+        if target < 0:
+            return image, soft
+        soft[target] = 1.0
+        teacher = self.outputs.get(self.dataset.samples[i][0])
+        if teacher is not None:
+            z = torch.as_tensor(teacher, dtype=torch.float32) / self.t
+            soft = (1 - self.alpha) * soft + self.alpha * z.softmax(0)
+        return image, soft
+
+
+def read_teacher(path: Path, classes: list[str]) -> dict[str, np.ndarray]:
+    """`python -m export.teacher`'s file as {relative path: raw output}."""
+    with np.load(path) as f:
+        if list(f["classes"]) != list(classes):
+            raise DatasetError(f"{path} is a teacher for {list(f['classes'])}, not {classes}")
+        return dict(zip(f["paths"].tolist(), f["outputs"]))
+
+
 class NoObjectFrames:
     """`n` frames with no object on them (backgrounds.training_no_object), target -1.
 

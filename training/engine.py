@@ -40,10 +40,17 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, epoc
         if ema is not None:
             ema.update(model.module if hasattr(model, "module") else model)
         total += len(targets)
-        correct += (logits.argmax(1) == targets).sum().item()
+        correct += (logits.argmax(1) == hard_labels(targets)).sum().item()
         loss_sum += loss.item() * len(targets)
         bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}")
     return {"loss": loss_sum / max(total, 1), "acc": correct / max(total, 1), "seconds": time.time() - start}
+
+
+def hard_labels(targets: torch.Tensor) -> torch.Tensor:
+    """Class indices of a batch's targets; soft targets give their argmax, all-zero rows -1."""
+    if targets.ndim == 1:
+        return targets
+    return torch.where(targets.sum(1) > 0, targets.argmax(1), -1)
 
 
 @torch.no_grad()  # not inference_mode: calibration backprops through these logits

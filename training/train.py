@@ -66,6 +66,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--no-object-share", type=float, default=0.0,
                    help="add this many frames with no object per training picture (outlier exposure); 0: none")
     p.add_argument("--oe-weight", type=float, default=0.5, help="weight of the no-object frames' uniform loss")
+    p.add_argument("--teacher", type=Path, help="a teacher's outputs on the training pictures "
+                   "(`python -m export.teacher`): distil them into this network")
+    p.add_argument("--distill-alpha", type=float, default=0.7, help="share of the teacher's distribution in "
+                   "each picture's target (the rest is its label)")
+    p.add_argument("--distill-temperature", type=float, default=1.0, help="softmax temperature on the teacher")
     p.add_argument("--probe", action="store_true", help="fit the head as a linear probe on frozen features first "
                    "(LP-FT) and keep that model as probe.pt beside best.pt (WiSE-FT's other end)")
     p.add_argument("--seed", type=int, default=constants.DEFAULT_SEED)
@@ -103,11 +108,13 @@ def make_loaders(args, manifest: dict, spec: dict, distributed: bool):
     images = data.ImageList(args.data, data.split_of(manifest, "train"), train_tf, args.feedback)
     counts = class_counts(images.samples, len(manifest["classes"]))
     weights = (1.0 / counts)[[t for _, t in images.samples]]
-    train_set = images
+    n_classes = len(manifest["classes"])
+    teacher = data.read_teacher(args.teacher, manifest["classes"]) if args.teacher else None
+    train_set = soft(images, teacher, args, n_classes)
     if args.no_object_share:
         frames = data.NoObjectFrames(round(args.no_object_share * len(images)), spec["crop"],
                                      presets.no_object_preset(spec["crop"], spec["mean"], spec["std"]), args.seed)
-        train_set = ConcatDataset([images, frames])
+        train_set = ConcatDataset([train_set, soft(frames, teacher, args, n_classes)])
         # a frame is drawn as often as an average picture
         weights = torch.cat([weights, weights.mean().expand(len(frames))])
     sampler = None
@@ -122,6 +129,13 @@ def make_loaders(args, manifest: dict, spec: dict, distributed: bool):
     evals = {s: DataLoader(data.ImageList(args.data, data.split_of(manifest, s), eval_tf, args.feedback), **common)
              for s in ("val", "test")}
     return train, evals, counts
+
+
+def soft(dataset, teacher: dict | None, args, n_classes: int):
+    """The dataset with the teacher's distributions as targets (--teacher), else as it is."""
+    if teacher is None:
+        return dataset
+    return data.SoftTargets(dataset, teacher, n_classes, args.distill_alpha, args.distill_temperature)
 
 
 def make_optimizer(model, args, steps: int):
