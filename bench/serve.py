@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,6 +30,8 @@ class Gunicorn:
         self.env = {**os.environ, "MODEL": str(model), "BIND": f"127.0.0.1:{self.port}", **env}
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.proc: subprocess.Popen | None = None
+        self.lines: list[str] = []
+        self._reader: threading.Thread | None = None
 
     @property
     def n_workers(self) -> int:
@@ -39,6 +42,10 @@ class Gunicorn:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "server/gunicorn.conf.py", "server:create_app()"],
             cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # Read the log as it comes: a pipe nobody reads fills up, and then every process
+        # that logs (a line per request) blocks on it.
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         if wait:
             self.wait_ready()
         return self
@@ -65,10 +72,16 @@ class Gunicorn:
         time.sleep(0.5)  # forked; give the newest one time to load and warm its session
         return self.workers()
 
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
     def output(self) -> str:
+        """The whole log, once the server has stopped (stops it if need be)."""
         if self.proc.poll() is None:
             self.stop()
-        return self.proc.stdout.read()
+        self._reader.join(timeout=10)
+        return "".join(self.lines)
 
     def workers(self) -> list[int]:
         import psutil

@@ -112,6 +112,12 @@ def error_json(exc: ImageError) -> dict:
     return {"error": {"code": exc.code, "message": exc.message}}
 
 
+def answered(p: Prediction) -> None:
+    """What the request's log line tells of the answer (server.logs.request_line)."""
+    g.answer = {"label": p.label, "confidence": round(p.confidence, 4), "uncertain": p.uncertain,
+                "model_sha256": classifier().bundle.sha256}
+
+
 def classify_one(data: bytes) -> Prediction:
     with slot():
         result = _require_ready().classify([data])[0]
@@ -126,6 +132,7 @@ def classify():
     k = top_k()
     _, data = single_upload()
     result = classify_one(data)
+    answered(result)
     return jsonify({**prediction_json(result, k), "model": model_json(), "request_id": g.request_id})
 
 
@@ -142,6 +149,8 @@ def classify_batch():
         raise ApiError(422, "too_many_images", f"at most {clf.config.max_batch} images per batch")
     with slot():
         results = clf.classify([data for _, data in uploads])
+    g.answer = {"images": len(results), "labels": [r.label for r in results if isinstance(r, Prediction)],
+                "model_sha256": clf.bundle.sha256}
     answers = [
         {"filename": name, **(error_json(r) if isinstance(r, ImageError) else prediction_json(r, k))}
         for (name, _), r in zip(uploads, results)
@@ -155,6 +164,7 @@ def predict_legacy():
     _require_ready()
     filename, data = single_upload(("file", "image"))
     result = classify_one(data)
+    answered(result)
     return jsonify({
         "filename": filename,
         "class": result.label,

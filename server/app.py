@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Flask, g, request
 
-from . import metrics
+from . import logs, metrics
 from .api import Gate, bp
 from .bundle import load_bundle
 from .classify import Classifier
@@ -30,6 +30,7 @@ OPENAPI = Path(__file__).with_name("openapi.json")
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app; loads, verifies and warms the model before returning (after fork)."""
     config = Config.from_env(**(test_config or {}))
+    logs.add_request_fields()
     app = Flask(__name__, static_folder=None)  # the one page is served by the blueprint
     app.config.update(
         ECOSORT=config,
@@ -45,6 +46,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     log.info("model %s (%s) ready in %.0f ms warm-up, %d onnxruntime threads, fast_decode=%s",
              bundle.name, bundle.sha256[:12], warm_ms, config.threads, config.fast_decode)
     app.extensions["ecosort"] = Classifier(runtime, config)
+    metrics.MODEL.labels(bundle.name, bundle.sha256).set(1)
     app.extensions["ecosort.gate"] = Gate(config.max_inflight, config.max_queue)
     app.extensions["ecosort.page"] = PAGE.read_bytes()
     app.extensions["ecosort.openapi"] = OPENAPI.read_bytes()
@@ -78,6 +80,8 @@ def _register_hooks(app: Flask, config: Config) -> None:
     @app.before_request
     def start() -> None:
         g.start = time.perf_counter()
+        metrics.IN_FLIGHT.inc()
+        g.in_flight = True
         rid = request.headers.get("X-Request-ID", "")
         g.request_id = rid if REQUEST_ID.match(rid) else uuid.uuid4().hex
         # A CORS preflight carries no credentials by design; it reveals nothing and runs nothing.
@@ -97,7 +101,14 @@ def _register_hooks(app: Flask, config: Config) -> None:
         metrics.REQUESTS.labels(route, method, metrics.status_class(response.status_code)).inc()
         if "start" in g:
             metrics.LATENCY.labels(route).observe(time.perf_counter() - g.start)
+        logs.request_line(response)
+        metrics.RSS.set(metrics.resident_bytes())
         return response
+
+    @app.teardown_request
+    def done(_exc) -> None:
+        if g.pop("in_flight", False):
+            metrics.IN_FLIGHT.dec()
 
 
 def _presented_token() -> bytes:

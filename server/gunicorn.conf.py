@@ -24,6 +24,8 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 from server.config import Config  # noqa: E402
 
 CONFIG = Config.from_env()
+# MODEL as the operator gave it (maybe a symlink); MODEL itself is then pinned to what was checked.
+REQUESTED = "ECOSORT_MODEL_REQUESTED"
 bind = CONFIG.bind
 workers = CONFIG.workers
 worker_class = "gthread"
@@ -76,15 +78,42 @@ def json_error(sock, status_int: int, reason: str, mesg: str) -> None:
 
 def on_starting(server):
     """Check the bundle before any worker forks: a bad one stops the start with one line."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=CONFIG.log_level.upper())
+    json_logs()
+    os.environ.setdefault(REQUESTED, str(CONFIG.model))
+    ok, line = check_model(os.environ[REQUESTED])
+    if not ok:
+        print(line, file=sys.stderr, flush=True)
+        sys.exit(2)
+    serve(server, line)
+
+
+def on_reload(server):
+    """HUP: workers are replaced one by one (the old ones drain). The bundle MODEL names now
+    (a symlink moved to a new versioned bundle) is checked first; a bad one is refused and
+    the new workers load the bundle served before."""
+    json_logs()  # gunicorn has just set its log handlers up again
+    ok, line = check_model(os.environ[REQUESTED])
+    if ok:
+        serve(server, line)
+    else:
+        server.log.error("model swap refused, still serving %s: %s", os.environ["MODEL"], line)
+
+
+def check_model(path: str) -> tuple[bool, str]:
     # In a child process: onnxruntime is never initialised in the master we fork from.
-    check = subprocess.run([sys.executable, "-m", "server", "check"], capture_output=True, text=True,
+    check = subprocess.run([sys.executable, "-m", "server", "check", path], capture_output=True, text=True,
                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if check.returncode != 0:
-        lines = check.stderr.strip().splitlines() or ["ecosort: cannot start: model check failed"]
-        print(lines[-1], file=sys.stderr, flush=True)
-        sys.exit(2)
-    server.log.info("%s", check.stdout.strip())
+        return False, (check.stderr.strip().splitlines() or ["ecosort: cannot start: model check failed"])[-1]
+    return True, check.stdout.strip()
+
+
+def serve(server, line: str) -> None:
+    """Workers forked from now on load this bundle: MODEL resolved, so a later move of the
+    link cannot hand them an unchecked one."""
+    os.environ["MODEL"] = os.path.realpath(os.environ[REQUESTED])
+    server.log.info("%s", line)
 
 
 def post_worker_init(worker):
@@ -113,10 +142,18 @@ def post_worker_init(worker):
         exit_handler(sig, frame)
 
     signal.signal(signal.SIGTERM, drain_then_exit)
-    for name in ("gunicorn.error", "gunicorn.access"):
+    json_logs()
+    for name in ("", "gunicorn.error", "gunicorn.access"):
         for handler in logging.getLogger(name).handlers:
             handler.addFilter(Redact())
-    logging.getLogger("server").setLevel(logging.INFO)
+    logging.getLogger("server").setLevel(CONFIG.log_level.upper())
+
+
+def json_logs():
+    """Application lines as JSON (server.logs); the access log already is, by its format."""
+    from server.logs import use_json
+
+    use_json(logging.getLogger(), logging.getLogger("gunicorn.error"))
 
 
 def child_exit(server, worker):

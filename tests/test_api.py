@@ -112,7 +112,7 @@ def test_model_health_ready_metrics(client):
     client.post("/v1/classify", data=solid((255, 0, 0)))
     text = client.get("/metrics").get_data(as_text=True)
     assert 'ecosort_predictions_total{label="cardboard"}' in text
-    assert 'ecosort_stage_seconds_bucket{le="0.002",stage="inference"}' in text
+    assert 'ecosort_stage_duration_seconds_bucket{le="0.002",stage="inference"}' in text
     assert 'ecosort_requests_total{method="POST",route="/v1/classify",status="200"}' in text
 
 

@@ -94,6 +94,14 @@ def test_routes_and_metrics_across_workers(server):
             if x.startswith('ecosort_requests_total{method="POST",route="/v1/classify",status="200"}')]
     assert line and float(line[0].split()[-1]) >= 20  # merged across both workers
     assert 'ecosort_predictions_total{label="glass"}' in text
+    assert "ecosort_request_duration_seconds_bucket" in text
+    assert "ecosort_requests_in_flight 1.0" in text  # this scrape itself, summed over workers
+    sha = requests.get(server.url + "/v1/model", timeout=5).json()["sha256"]
+    assert f'ecosort_model_info{{name="tiny",sha256="{sha}"}} 1.0' in text
+    rss = {line.split('pid="')[1].split('"')[0]: float(line.split()[-1]) for line in text.splitlines()
+           if line.startswith("ecosort_worker_resident_memory_bytes{")}
+    assert set(rss) <= {str(p) for p in server.workers()} and len(rss) >= 1
+    assert all(20e6 < v < 2e9 for v in rss.values())
 
 
 def test_stalled_client_is_cut_off(server):
@@ -178,5 +186,57 @@ def test_sigterm_drains_in_flight_request(tiny_bundle):
         response += chunk
     assert response.startswith(b"HTTP/1.1 200") and b'"label":"paper"' in response
     assert g.proc.wait(timeout=30) == 0
-    log = g.proc.stdout.read()
+    log = g.output()
     assert "Worker exiting" in log and "SIGABRT" not in log and "terminate called" not in log, log[-2000:]
+
+
+def test_hup_swaps_a_good_bundle_under_load_and_refuses_a_bad_one(tmp_path):
+    from tests.helpers import make_bundle
+
+    good_a, good_b = make_bundle(tmp_path, "tiny-a"), make_bundle(tmp_path, "tiny-b")
+    bad = make_bundle(tmp_path, "tiny-bad")
+    bad.with_suffix(".onnx").write_bytes(b"not a model")
+    current = tmp_path / "current.json"
+    current.symlink_to(good_a.name)
+    g = Gunicorn(current, WEB_CONCURRENCY="2", GUNICORN_THREADS="2").start()
+    statuses, names, stop = [], set(), threading.Event()
+
+    def load():
+        session = requests.Session()
+        while not stop.is_set():
+            r = session.post(g.url + "/v1/classify", data=solid((0, 255, 0)), timeout=10)
+            statuses.append(r.status_code)
+            names.add(r.json()["model"]["name"] if r.status_code == 200 else None)
+
+    def served() -> str:
+        return requests.get(g.url + "/v1/model", timeout=5).json()["name"]
+
+    def swap(to) -> None:
+        link = tmp_path / "next.json"
+        link.symlink_to(to.name)
+        os.replace(link, current)  # atomic: no moment without a bundle
+        g.proc.send_signal(signal.SIGHUP)
+
+    try:
+        threads = [threading.Thread(target=load) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(1)
+        swap(good_b)
+        deadline = time.time() + 30
+        while served() != "tiny-b" or len(g.workers()) != 2:
+            assert time.time() < deadline, "the swap never finished"
+            time.sleep(0.2)
+        time.sleep(1)
+        swap(bad)
+        time.sleep(4)
+        assert g.proc.poll() is None and served() == "tiny-b" and len(g.workers()) == 2
+        time.sleep(1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        log = g.output()
+    assert len(statuses) > 50 and set(statuses) == {200}, sorted(set(statuses))
+    assert names == {"tiny-a", "tiny-b"}
+    assert "model swap refused" in log and "not a model" not in log, log[-3000:]

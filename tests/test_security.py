@@ -49,7 +49,7 @@ def test_no_debug_and_no_route_that_changes_the_model(app):
     assert routes == {("/v1/classify", "POST"), ("/v1/classify/batch", "POST"), ("/predict", "POST"),
                       ("/v1/model", "GET"), ("/healthz", "GET"), ("/readyz", "GET"), ("/metrics", "GET"),
                       ("/", "GET"), ("/v2", "GET"), ("/v2/health/live", "GET"), ("/v2/health/ready", "GET"),
-                      ("/v2/models/<name>", "GET"), ("/v2/models/<name>/ready", "GET")}
+                      ("/v2/models/<name>", "GET"), ("/v2/models/<name>/ready", "GET"), ("/openapi.json", "GET")}
 
 
 def test_serve_requirements_are_pinned_and_torch_free():
