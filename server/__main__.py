@@ -8,6 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import kiosk
 from .bundle import BundleError, load_bundle
 from .config import Config
 from .runtime import Runtime
@@ -17,6 +18,7 @@ def check(model: Path) -> str:
     bundle = load_bundle(model, verify_sha256=False)  # Runtime verifies the bytes it loads
     runtime = Runtime(bundle, threads=1)
     runtime.warm_up(runs=1)
+    kiosk.load(Config.from_env().kiosk_config, bundle.classes)  # a bad station file stops the start too
     return f"ok: {bundle.name} ({bundle.sha256[:12]}), {len(bundle.classes)} classes, input {list(bundle.input.shape)}"
 
 

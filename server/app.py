@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Flask, g, request
 
-from . import logs, metrics
+from . import kiosk, logs, metrics
 from .api import Gate, bp
 from .bundle import load_bundle
 from .classify import Classifier
@@ -48,7 +48,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["ecosort"] = Classifier(runtime, config)
     metrics.MODEL.labels(bundle.name, bundle.sha256).set(1)
     app.extensions["ecosort.gate"] = Gate(config.max_inflight, config.max_queue)
-    app.extensions["ecosort.page"] = PAGE.read_bytes()
+    app.extensions["ecosort.page"] = kiosk.render(PAGE.read_bytes(), kiosk.load(config.kiosk_config, bundle.classes))
     app.extensions["ecosort.openapi"] = OPENAPI.read_bytes()
     app.register_blueprint(bp)
     register_error_handlers(app)

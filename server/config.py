@@ -58,6 +58,7 @@ class Config:
     feedback_max_mb: float = 500.0
     station_id: str = ""  # written into each feedback record
     cors_origins: str = ""  # comma-separated origins allowed to call the API from a browser
+    kiosk_config: str = ""  # JSON file: the page's bins, colours and words (server/kiosk.py)
     # gunicorn (server/gunicorn.conf.py reads these too: one source of settings)
     bind: str = "0.0.0.0:8000"
     web_concurrency: int = 0  # workers; 0: one per core, at most 2

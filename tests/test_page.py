@@ -1,79 +1,100 @@
-"""The kiosk page in a real headless browser (Debian's chromium + chromedriver)."""
+"""The kiosk page in a real headless browser (Debian's chromium + chromedriver): each
+state at a kiosk's two screen sizes, asserted as a person would see it. The same states
+as screenshots: `python -m tests.screens --out docs/screens`."""
 
-import shutil
-import threading
+import json
+import re
 
 import pytest
-from PIL import Image
-from werkzeug.serving import make_server
 
 from server import create_app
+from server.kiosk import DEFAULT, KioskConfigError
+from tests import screens
 
-pytestmark = pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
-                                reason="tests/run.sh installs chromium and chromium-driver")
+pytestmark = pytest.mark.skipif(not screens.available(), reason="tests/run.sh installs chromium and chromium-driver")
+TEXT = DEFAULT["text"]
+SEEN = {"idle": TEXT["idle"], "answer": "Paper & cardboard", "unsure": TEXT["not_sure"],
+        "nothing": TEXT["nothing"], "error": TEXT["error"]}
 
 
 @pytest.fixture(scope="module")
 def base_url(tiny_bundle):
-    server = make_server("127.0.0.1", 0, create_app({"model": tiny_bundle, "ort_threads": 1}), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/"
-    server.shutdown()
+    with screens.serving(tiny_bundle) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-quic", f"--user-data-dir={tmp_path_factory.mktemp('chrome')}",
-                 "--window-size=900,1000"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-    yield driver
-    driver.quit()
+    with screens.chromium(tmp_path_factory.mktemp("chrome")) as driver:
+        yield driver
 
 
-def pick(browser, path):
+def luminance(css: str) -> float:
+    r, g, b = (int(v) / 255 for v in re.findall(r"\d+", css)[:3])
+    lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def contrast(fg: str, bg: str) -> float:
+    a, b = sorted((luminance(fg), luminance(bg)), reverse=True)
+    return (a + 0.05) / (b + 0.05)
+
+
+@pytest.mark.parametrize("size", screens.SIZES)
+@pytest.mark.parametrize("state", screens.STATES)
+def test_each_state_fits_and_says_what_to_do(browser, base_url, tmp_path, size, state):
     from selenium.webdriver.common.by import By
 
-    browser.find_element(By.ID, "file").send_keys(str(path))
+    screens.open_page(browser, base_url, screens.SIZES[size])
+    assert browser.execute_script("return document.body.dataset.camera") == "on"  # camera first
+    screens.enter(browser, state, tmp_path)
+    card = browser.find_element(By.ID, "result")
+    assert card.get_attribute("aria-live") == "assertive" and SEEN[state] in card.text
+    assert ("Paper & cardboard" in card.text) == (state == "answer")  # no bin unless sure
+    fits = browser.execute_script("const e = document.documentElement;"
+                                  "return [e.scrollWidth <= innerWidth, e.scrollHeight <= innerHeight]")
+    assert fits == [True, True]
+    buttons = [b for b in browser.find_elements(By.TAG_NAME, "button") if b.is_displayed()]
+    assert buttons and all(b.size["height"] >= 48 and b.size["width"] >= 48 for b in buttons)
+    assert any(b.text == TEXT["next"] for b in buttons) == (state != "idle")
+    for element in [card, *buttons]:
+        fg, bg = element.value_of_css_property("color"), element.value_of_css_property("background-color")
+        assert contrast(fg, bg) >= 4.5, (element.text, fg, bg)  # WCAG AA
+    assert not browser.find_element(By.ID, "debug").is_displayed()  # no timings for the public
 
 
-def test_pick_a_photo_shows_label_bars_latency(browser, base_url, tmp_path):
+def test_next_item_goes_back_to_idle_and_debug_shows_timings(browser, base_url, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.get(base_url)
-    assert browser.title == "EcoSort Edge"
-    photo = tmp_path / "red.png"
-    Image.new("RGB", (120, 90), (255, 0, 0)).save(photo)
-    pick(browser, photo)
-    WebDriverWait(browser, 10).until(ec.visibility_of_element_located((By.ID, "result")))
-    assert browser.find_element(By.ID, "label").text.lower().startswith("cardboard")
-    bars = browser.find_elements(By.CSS_SELECTOR, "#bars .bar")
+    screens.open_page(browser, base_url + "?debug=1", screens.SIZES["landscape"])
+    screens.enter(browser, "answer", tmp_path)
+    debug = browser.find_element(By.ID, "debug")
+    assert debug.is_displayed() and "ms" in debug.text
+    bars = debug.find_elements(By.CSS_SELECTOR, ".bar")
     assert [b.get_attribute("data-label") for b in bars][0] == "cardboard" and len(bars) == 6
-    widths = [float(b.find_element(By.CLASS_NAME, "fill").value_of_css_property("width")[:-2]) for b in bars]
-    assert widths == sorted(widths, reverse=True) and widths[0] > widths[-1]
-    assert "ms" in browser.find_element(By.ID, "timing").text
-    browser.save_screenshot(str(tmp_path / "page.png"))
-    assert (tmp_path / "page.png").read_bytes()[:4] == b"\x89PNG"
+    next(b for b in browser.find_elements(By.TAG_NAME, "button") if b.text == TEXT["next"]).click()
+    assert browser.execute_script("return document.body.dataset.state") == "idle"
 
 
-def test_a_bad_file_shows_the_error(browser, base_url, tmp_path):
+def test_the_sort_button_classifies_a_camera_frame(browser, base_url):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.get(base_url)
-    junk = tmp_path / "notes.png"
-    junk.write_text("this is not a picture")
-    pick(browser, junk)
-    WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "error").text)
-    assert "Could not classify" in browser.find_element(By.ID, "error").text
-    assert browser.find_element(By.ID, "result").is_displayed() is False
+    screens.open_page(browser, base_url, screens.SIZES["portrait"])
+    WebDriverWait(browser, 10).until(lambda d: d.execute_script("return document.getElementById('video').videoWidth"))
+    browser.find_element(By.ID, "sort").click()
+    WebDriverWait(browser, 10).until(lambda d: d.execute_script("return document.body.dataset.state")
+                                     in ("answer", "unsure", "nothing"))
+
+
+def test_a_station_sets_its_own_bins_and_words(tiny_bundle, tmp_path):
+    station = tmp_path / "kiosk.json"
+    station.write_text(json.dumps({"bins": {"glass": {"name": "Glascontainer", "colour": "#006400", "ink": "#ffffff",
+                                                      "icon": "bottle"}}, "text": {"not_sure": "Bitte fragen"}}))
+    page = create_app({"model": tiny_bundle, "kiosk_config": str(station)}).test_client().get("/").get_data(True)
+    kiosk = json.loads(page.split("const KIOSK = ")[1].split(";\n")[0])
+    assert kiosk["bins"]["glass"]["name"] == "Glascontainer" and kiosk["text"]["not_sure"] == "Bitte fragen"
+    assert kiosk["bins"]["paper"] == DEFAULT["bins"]["paper"] and "<script src" not in page
+    station.write_text(json.dumps({"bins": {"glass": {"name": "G", "colour": "green", "ink": "#fff", "icon": "x"}}}))
+    with pytest.raises(KioskConfigError, match="glass"):
+        create_app({"model": tiny_bundle, "kiosk_config": str(station)})
