@@ -24,12 +24,15 @@ from training import robustness
 log = logging.getLogger("export.robustness")
 
 
-def bundle_predictor(bundle: Bundle, threads: int = 2) -> robustness.Predict:
+def bundle_predictor(bundle: Bundle, threads: int = 2, raw: bool = False) -> robustness.Predict:
+    """Pictures to the bundle's calibrated probabilities, as the server computes them;
+    `raw`: the graph's own output instead (a teacher's, export.teacher)."""
     runtime = Runtime(bundle, threads)
 
     def predict(images: list[Image.Image]) -> np.ndarray:
         batch = np.stack([preprocess(image.convert("RGB"), bundle.preprocess) for image in images])
-        return runtime.probabilities(runtime.infer(batch))
+        outputs = runtime.infer(batch)
+        return outputs if raw else runtime.probabilities(outputs)
 
     return predict
 

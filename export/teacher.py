@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from server.bundle import Bundle, load_bundle
-from server.preprocess import preprocess
-from server.runtime import Runtime
 from training.data import ImageList, read_manifest, split_of
+
+from .robustness import bundle_predictor
 
 log = logging.getLogger("export.teacher")
 
@@ -40,12 +40,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def teacher_outputs(bundle: Bundle, images: ImageList, threads: int = 2, batch: int = 8) -> np.ndarray:
     """The bundle's raw graph output (logits or log-probabilities) for each picture of `images`."""
-    runtime = Runtime(bundle, threads)
-    outputs = []
-    for start in range(0, len(images), batch):
-        arrays = [preprocess(images[i][0], bundle.preprocess) for i in range(start, min(start + batch, len(images)))]
-        outputs.append(runtime.infer(np.stack(arrays)).astype(np.float32))
-    return np.concatenate(outputs)
+    predict = bundle_predictor(bundle, threads, raw=True)
+    return np.concatenate([predict([images[i][0] for i in range(start, min(start + batch, len(images)))])
+                           for start in range(0, len(images), batch)]).astype(np.float32)
 
 
 def main(args) -> int:

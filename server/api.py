@@ -184,13 +184,20 @@ def healthz():
     return jsonify({"status": "alive"})
 
 
-@bp.get("/readyz")
-def readyz():
+def not_ready() -> ApiError | None:
+    """Why this worker should get no new work (draining, or not warmed up), or None."""
     clf = current_app.extensions.get("ecosort")
     if current_app.extensions.get("ecosort.draining"):
-        raise ApiError(503, "draining", "this worker is shutting down; retry on another", {"Retry-After": "1"})
+        return ApiError(503, "draining", "this worker is shutting down; retry on another", {"Retry-After": "1"})
     if clf is None or not clf.runtime.ready.is_set():
-        raise ApiError(503, "not_ready", "the model is not loaded and warmed up yet", {"Retry-After": "1"})
+        return ApiError(503, "not_ready", "the model is not loaded and warmed up yet", {"Retry-After": "1"})
+    return None
+
+
+@bp.get("/readyz")
+def readyz():
+    if (refusal := not_ready()) is not None:
+        raise refusal
     return jsonify({"status": "ready", "model": model_json()})
 
 
@@ -203,8 +210,7 @@ def v2_live():
 
 @bp.get("/v2/health/ready")
 def v2_ready():
-    clf = current_app.extensions.get("ecosort")
-    ready = clf is not None and clf.runtime.ready.is_set() and not current_app.extensions.get("ecosort.draining")
+    ready = not_ready() is None
     return jsonify({"ready": ready}), 200 if ready else 503
 
 

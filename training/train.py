@@ -105,10 +105,10 @@ def make_loaders(args, manifest: dict, spec: dict, distributed: bool):
     train_tf = presets.train_preset(spec["crop"], spec["mean"], spec["std"], args.background_p, args.scale_min,
                                     args.trivial_augment)
     eval_tf = presets.eval_preset(**spec)
-    images = data.ImageList(args.data, data.split_of(manifest, "train"), train_tf, args.feedback)
-    counts = class_counts(images.samples, len(manifest["classes"]))
-    weights = (1.0 / counts)[[t for _, t in images.samples]]
     n_classes = len(manifest["classes"])
+    images = data.ImageList(args.data, data.split_of(manifest, "train"), train_tf, args.feedback)
+    counts = class_counts(images.samples, n_classes)
+    weights = (1.0 / counts)[[t for _, t in images.samples]]
     teacher = data.read_teacher(args.teacher, manifest["classes"]) if args.teacher else None
     train_set = soft(images, teacher, args, n_classes)
     if args.no_object_share:
