@@ -22,7 +22,7 @@ from server.config import Config
 from . import http, report
 from .frames import load_inputs
 from .inprocess import Ours
-from .serve import ROOT, Gunicorn
+from .serve import ROOT, Front, Gunicorn
 from .stats import interleave, summary
 
 log = logging.getLogger("bench")
@@ -119,18 +119,19 @@ def head_to_head(shipped: Path, paths: list[Path], frame: bytes, server: Gunicor
 
 
 def serving_checks(model: Path, frame: bytes, requests: int, concurrency: int = 4, warmup: int = 100,
-                   **env: str) -> dict:
-    """Cold start, then `requests` at `concurrency` after a warm-up, with worker RSS around it."""
+                   front: bool = False, retry_after: bool = False, **env: str) -> dict:
+    """Cold start, then `requests` at `concurrency` after a warm-up, with worker RSS around it;
+    through nginx (`python -m server front`, the image's CMD) with `front`."""
     import psutil
 
-    server = Gunicorn(model, **env)
+    server = (Front if front else Gunicorn)(model, **env)
     server.start(wait=False)
     cold = server.wait_ready()
     try:
         workers = server.wait_workers(server.n_workers)
         http.load(server.url, frame, warmup, concurrency)  # arenas, allocator pools, kernels
         rss_before = {pid: psutil.Process(pid).memory_info().rss for pid in workers}
-        loaded = http.load(server.url, frame, requests, concurrency, timeout_s=1800)
+        loaded = http.load(server.url, frame, requests, concurrency, timeout_s=1800, retry_after=retry_after)
         rss_after = {pid: psutil.Process(pid).memory_info().rss for pid in server.workers()}
     finally:
         server.stop()
@@ -236,8 +237,10 @@ def cmd_load(args) -> dict:
     frame = load_inputs(None)[args.frame] if not args.inputs else next(iter(load_inputs(args.inputs).values()))
     # Each worker reaches its plateau (arena, malloc pools per thread) within ~800 requests
     # at this concurrency, then stays flat: measured with RSS snapshots every 400 requests.
-    result = serving_checks(args.model, frame, args.requests, args.concurrency, warmup=args.warmup)
+    result = serving_checks(args.model, frame, args.requests, args.concurrency, warmup=args.warmup, front=args.front,
+                            retry_after=args.retry_after)
     result["environment"] = environment(0)
+    result["front"] = args.front
     return result
 
 
@@ -316,6 +319,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     ld.add_argument("--concurrency", type=int, default=16)
     ld.add_argument("--frame", default="640x480", help="generated frame size to send")
     ld.add_argument("--warmup", type=int, default=1000, help="requests before the RSS baseline")
+    ld.add_argument("--front", action="store_true", help="through nginx, as the image runs (server/front.py)")
+    ld.add_argument("--retry-after", action="store_true", help="a refused client waits its Retry-After, as the "
+                    "kiosk page does (default: it asks again at once)")
     ld.set_defaults(run=cmd_load)
     fp = sub.add_parser("fastpath", parents=[common], help="accuracy and pixel deviation of FAST_DECODE")
     fp.add_argument("--model", type=Path, default=ROOT / "models" / "ecosort.json")
@@ -344,9 +350,10 @@ def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     results = args.run(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.mode}.json").write_text(json.dumps(results, indent=1) + "\n")
-    (args.out / f"{args.mode}.md").write_text(report.markdown(results, " ".join(["python -m bench", *sys.argv[1:]])))
-    sys.stdout.write((args.out / f"{args.mode}.md").read_text())
+    name = args.mode + ("-front" if getattr(args, "front", False) else "")
+    (args.out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / f"{name}.md").write_text(report.markdown(results, " ".join(["python -m bench", *sys.argv[1:]])))
+    sys.stdout.write((args.out / f"{name}.md").read_text())
     return 0
 
 

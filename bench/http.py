@@ -11,18 +11,25 @@ from .stats import summary
 
 
 def load(url: str, data: bytes, requests: int, concurrency: int, timeout_s: float = 120,
-         content_type: str = "image/jpeg") -> dict:
-    """Bounded in count and time: stops after `requests` answers or `timeout_s` seconds."""
+         content_type: str = "image/jpeg", retry_after: bool = False) -> dict:
+    """Bounded in count and time: stops after `requests` answers or `timeout_s` seconds.
+
+    A 503's time is kept apart from the answers' ("refused_ms"), with how many lacked
+    Retry-After. With `retry_after` a refused client waits as long as it says, as the kiosk
+    page does; without, it asks again at once (a storm of refusals, the worst case)."""
     parts = urlsplit(url)
     if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
         raise ValueError("the benchmark only targets a server on this machine (loopback)")
     latencies: list[float] = []
+    refused: list[float] = []
+    no_retry_after = 0
     statuses: dict[str, int] = {}
     lock = threading.Lock()
     counter = iter(range(requests))
     deadline = time.time() + timeout_s
 
     def client() -> None:
+        nonlocal no_retry_after
         conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=30)
         while time.time() < deadline:
             with lock:
@@ -34,8 +41,9 @@ def load(url: str, data: bytes, requests: int, concurrency: int, timeout_s: floa
                 response = conn.getresponse()
                 response.read()
                 status = str(response.status)
+                wait = response.getheader("Retry-After")
             except (OSError, http.client.HTTPException) as exc:
-                status = type(exc).__name__
+                status, wait = type(exc).__name__, None
                 conn.close()
                 conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=30)
             ms = (time.perf_counter() - start) * 1000
@@ -43,6 +51,11 @@ def load(url: str, data: bytes, requests: int, concurrency: int, timeout_s: floa
                 statuses[status] = statuses.get(status, 0) + 1
                 if status == "200":
                     latencies.append(ms)
+                elif status == "503":
+                    refused.append(ms)
+                    no_retry_after += wait is None
+            if status == "503" and retry_after and wait:
+                time.sleep(float(wait))
         conn.close()
 
     threads = [threading.Thread(target=client) for _ in range(concurrency)]
@@ -55,4 +68,5 @@ def load(url: str, data: bytes, requests: int, concurrency: int, timeout_s: floa
     ok = statuses.get("200", 0)
     return {"requests": sum(statuses.values()), "concurrency": concurrency, "statuses": statuses,
             "errors": sum(v for k, v in statuses.items() if k != "200"), "seconds": wall,
-            "throughput": ok / wall if wall else 0.0, "latency_ms": summary(latencies) if latencies else None}
+            "throughput": ok / wall if wall else 0.0, "latency_ms": summary(latencies) if latencies else None,
+            "refused_ms": summary(refused) if refused else None, "refused_without_retry_after": no_retry_after}

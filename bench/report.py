@@ -85,10 +85,13 @@ def markdown(results: dict, command: str) -> str:
     if results.get("load"):
         r, lat = results["load"], results["load"]["latency_ms"] or {}
         growth = max(results["rss_growth"].values()) if results["rss_growth"] else None
-        lines += ["| requests | concurrency | statuses | p50 ms | p99 ms | images/s | worker RSS MB after | "
-                  "max RSS growth |", "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        shed = r.get("refused_ms") or {}
+        lines += ["| requests | concurrency | statuses | p50 ms | p99 ms | max ms | 503 p99 ms | 503 max ms | "
+                  "images/s | worker RSS MB after | max RSS growth |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
                   f"| {r['requests']} | {r['concurrency']} | {r['statuses']} | {_fmt(lat.get('p50'))} | "
-                  f"{_fmt(lat.get('p99'))} | {_fmt(r['throughput'], 1)} | "
+                  f"{_fmt(lat.get('p99'))} | {_fmt(lat.get('max'))} | {_fmt(shed.get('p99'))} | "
+                  f"{_fmt(shed.get('max'))} | {_fmt(r['throughput'], 1)} | "
                   f"{', '.join(_fmt(v, 0) for v in results['rss_mb_after'].values())} | "
                   f"{_fmt(100 * growth if growth is not None else None, 1)}% |", ""]
     if results.get("sizes"):

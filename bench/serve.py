@@ -38,10 +38,11 @@ class Gunicorn:
         """Workers this server is started with (gunicorn.conf.py's default on this 2-core box: 2)."""
         return int(self.env.get("WEB_CONCURRENCY") or 2)
 
+    command = [sys.executable, "-m", "gunicorn", "-c", "server/gunicorn.conf.py", "server:create_app()"]
+
     def start(self, wait: bool = True) -> Gunicorn:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "server/gunicorn.conf.py", "server:create_app()"],
-            cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
         # Read the log as it comes: a pipe nobody reads fills up, and then every process
         # that logs (a line per request) blocks on it.
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -83,10 +84,13 @@ class Gunicorn:
         self._reader.join(timeout=10)
         return "".join(self.lines)
 
-    def workers(self) -> list[int]:
+    def master(self):
         import psutil
 
-        return sorted(c.pid for c in psutil.Process(self.proc.pid).children())
+        return psutil.Process(self.proc.pid)
+
+    def workers(self) -> list[int]:
+        return sorted(c.pid for c in self.master().children())
 
     def stop(self) -> int:
         if self.proc and self.proc.poll() is None:
@@ -103,3 +107,16 @@ class Gunicorn:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class Front(Gunicorn):
+    """The image's CMD, `python -m server front`: nginx on the URL, gunicorn behind it."""
+
+    command = [sys.executable, "-m", "server", "front"]
+
+    def __init__(self, model: Path, **env: str):
+        super().__init__(model, **env)
+        self.env.update(FRONT_BIND=f"127.0.0.1:{self.port}", BIND=f"127.0.0.1:{free_port()}")
+
+    def master(self):
+        return next(c for c in super().master().children() if "gunicorn" in " ".join(c.cmdline()))

@@ -10,7 +10,7 @@ import numpy as np
 def summary(ms: list[float], images: int = 1) -> dict:
     a = np.asarray(ms, np.float64)
     return {"n": int(a.size), "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()),
+            "p99": float(np.percentile(a, 99)), "max": float(a.max()), "mean": float(a.mean()),
             "images_per_s": float(1000.0 * images / np.percentile(a, 50))}
 
 

@@ -1,6 +1,8 @@
 """`python -m server check [BUNDLE_JSON]`: load, verify and warm the bundle the way a worker
 would, in a process of its own; one line out, exit 0 or 2. gunicorn's master runs it
-before forking any worker, so a bad bundle stops the start instead of a respawn loop."""
+before forking any worker, so a bad bundle stops the start instead of a respawn loop.
+
+`python -m server front`: nginx on FRONT_BIND in front of gunicorn on BIND (server/front.py)."""
 
 from __future__ import annotations
 
@@ -27,7 +29,20 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     cmd = sub.add_parser("check", help="verify a model bundle (default: $MODEL or the shipped one)")
     cmd.add_argument("model", nargs="?", type=Path)
+    sub.add_parser("front", help="run nginx (FRONT_BIND) in front of gunicorn (BIND) until either stops")
     args = parser.parse_args(argv)
+    if args.command == "front":
+        import logging
+
+        from . import front, logs
+
+        logging.basicConfig(level=logging.INFO)
+        logs.use_json()
+        try:
+            return front.run(Config.from_env())
+        except ValueError as exc:
+            print(f"ecosort: cannot start: {exc}", file=sys.stderr)
+            return 2
     try:
         print(check(args.model or Config.from_env().model))
     except (BundleError, ValueError) as exc:

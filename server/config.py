@@ -49,7 +49,7 @@ class Config:
     fast_decode: bool = True  # JPEG DCT-domain downscale for large frames (see README)
     # Per worker: requests at work at once, and how many more may wait in the app; past
     # that a 503 comes at once. With as many slots as gunicorn threads the gate never
-    # sheds: docs/serving.md has what shedding did at 64 clients, and why it is off.
+    # sheds: the front sheds (server/front.py), and docs/serving.md says why not here.
     max_inflight: int = 4
     max_queue: int = 8
     queue_timeout_s: float = 5.0
@@ -61,6 +61,7 @@ class Config:
     kiosk_config: str = ""  # JSON file: the page's bins, colours and words (server/kiosk.py)
     # gunicorn (server/gunicorn.conf.py reads these too: one source of settings)
     bind: str = "0.0.0.0:8000"
+    front_bind: str = ""  # `python -m server front`: nginx listens here, gunicorn on BIND
     web_concurrency: int = 0  # workers; 0: one per core, at most 2
     gunicorn_threads: int = 4  # threads overlap one request's decode with another's inference
     gunicorn_timeout: int = 30

@@ -1,5 +1,6 @@
 """Replay the Dockerfile without a Docker engine: fresh venv from its requirements, only
-what it COPYs, its ENV, its CMD, its HEALTHCHECK; then classify real photos."""
+what it COPYs, its ENV, its CMD, its HEALTHCHECK (its apt-get: Debian's nginx, which
+tests/run.sh installs here); then classify real photos through the front."""
 
 import json
 import os
@@ -42,13 +43,15 @@ def test_dockerfile_shape():
     copies = [rest.split()[0] for op, rest in rows if op == "COPY"]
     assert set(copies) == {"requirements-serve.txt", "server/", "models/"}
     assert "HEALTHCHECK" in ops and "curl" not in dict(rows)["HEALTHCHECK"]
-    assert exec_form(dict(rows)["CMD"])[0] == "gunicorn"
+    assert exec_form(dict(rows)["CMD"]) == ["python", "-m", "server", "front"]
+    assert any(op == "RUN" and "apt-get install" in rest and " nginx" in rest for op, rest in rows)
     ignore = (ROOT / ".dockerignore").read_text().split()
     assert ignore[ignore.index("*") + 1:][:3] == ["!server/", "!models/", "!requirements-serve.txt"]
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SHIPPED.exists(), reason="needs the shipped model bundle in models/")
+@pytest.mark.skipif(not shutil.which("nginx"), reason="tests/run.sh installs Debian's nginx, as the image does")
 def test_replay_recipe(tmp_path):
     rows = instructions(ROOT / "Dockerfile")
     app = tmp_path / "app"
@@ -77,7 +80,7 @@ def test_replay_recipe(tmp_path):
     assert "torch" not in freeze, "the kiosk image must not install torch"
 
     port = free_port()
-    env["BIND"] = f"127.0.0.1:{port}"
+    env.update(FRONT_BIND=f"127.0.0.1:{port}", BIND=f"127.0.0.1:{free_port()}")
     cmd = exec_form(dict(rows)["CMD"])
     server = subprocess.Popen(cmd, cwd=app, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
