@@ -177,3 +177,16 @@ def test_cv_with_a_fold_missing_scores_what_it_has(fold_fits, caplog):
     assert result["scores"]["a"]["folds"] == [0] and result["scores"]["a"]["k"] == 2
     val0 = data.split_of(data.read_manifest(load_checkpoint(runs["a", 0])[1]["manifest"]), "val")
     assert result["scores"]["a"]["n"] == len(val0)
+
+
+def test_selective_scores_answer_only_what_the_target_allows():
+    # 90 right answers with a wide margin, 10 wrong ones with a narrow margin
+    targets = torch.arange(100) % 3
+    logits = torch.zeros(100, 3)
+    logits[torch.arange(90), targets[:90]] = 5.0
+    logits[torch.arange(90, 100), (targets[90:] + 1) % 3] = 1.0
+    sel = cv.selective_scores(logits, targets)
+    assert sel["answered"] == 90 and sel["coverage"] == 0.9 and sel["accuracy"] == 1.0 and sel["met"]
+    assert sel["ci"][0] < 1.0 and sel["at_90_coverage"]["accuracy"] == 1.0
+    loose = cv.selective_scores(logits, targets, answered=0.9)
+    assert loose["coverage"] == 1.0 and loose["accuracy"] == 0.9

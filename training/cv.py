@@ -23,9 +23,11 @@ import torch
 from sklearn.model_selection import StratifiedGroupKFold
 
 from . import data, stats
-from .calibration import fit_class_offset, fit_logit_adjustment, prior_offsets
+from .calibration import fit_class_offset, fit_logit_adjustment, fit_temperature, prior_offsets
 from .checkpoint import load_checkpoint
 from .compare import probabilities
+from .constants import ANSWERED_ACCURACY
+from .selective import choose_threshold, curve_points, risk_coverage
 
 log = logging.getLogger(__name__)
 POOL = ("train", "val")
@@ -125,9 +127,11 @@ def recipe_scores(pooled: dict, classes: list[str]) -> dict:
     recall = stats.per_class_recall(pred, targets, len(classes))
     per_class = {}
     for i, c in enumerate(classes):
-        n = int((targets == i).sum())
+        n, called = int((targets == i).sum()), int((pred == i).sum())
         right = int(((pred == i) & (targets == i)).sum())
-        per_class[c] = {"recall": recall[i], "n": n, "ci": stats.wilson(right, n)}
+        per_class[c] = {"recall": recall[i], "n": n, "ci": stats.wilson(right, n),
+                        "precision": right / called if called else 0.0, "called": called,
+                        "precision_ci": stats.wilson(right, called)}
     worst, low = stats.lowest(recall)
     # The decision rule fitted on all out-of-fold pictures instead of one val split; the
     # pictures it may give up scale with the set.
@@ -143,7 +147,27 @@ def recipe_scores(pooled: dict, classes: list[str]) -> dict:
             "per_class": per_class, "lowest_recall": low, "lowest_recall_class": classes[worst],
             "logit_adjustment": {"tau": tau, "accuracy": float((adjusted == targets).float().mean()),
                                  "lowest_recall": adj_low, "lowest_recall_class": classes[adj_worst]},
-            "recall_floor": floor}
+            "recall_floor": floor, "selective": selective_scores(logits, targets)}
+
+
+def selective_scores(logits: torch.Tensor, targets: torch.Tensor, answered: float = ANSWERED_ACCURACY) -> dict:
+    """The 'not sure' threshold chosen on every out-of-fold picture instead of one val split.
+
+    One temperature is fitted on the pooled predictions (the recipe's calibration); the
+    threshold is the lowest calibrated confidence at which the answered pictures are
+    `answered` right. A bundle of this recipe may take it with `export --uncertain-below`."""
+    temperature = fit_temperature(logits, targets)
+    conf, pred = (logits / temperature).softmax(1).max(1)
+    correct = (pred == targets).numpy()
+    curve = risk_coverage(conf.numpy().astype(np.float64), correct)
+    chosen = choose_threshold(conf.numpy().astype(np.float64), correct, answered)
+    mask = conf.numpy() >= chosen["threshold"]
+    right = int(correct[mask].sum())
+    at_90 = next(r for r in curve if r["coverage"] >= 0.9 - 1e-9)
+    return {"temperature": temperature, "target_accuracy": answered, "threshold": chosen["threshold"],
+            "coverage": float(mask.mean()), "answered": int(mask.sum()), "accuracy": right / max(int(mask.sum()), 1),
+            "ci": stats.wilson(right, int(mask.sum())), "met": chosen["met"], "at_90_coverage": at_90,
+            "curve": curve_points(curve)}
 
 
 def recall_floor(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict:
@@ -204,6 +228,19 @@ def markdown(scores: dict, pairs: dict, classes: list[str]) -> str:
             lines.append(f"| {name} | {kind} | {f['class']} | {100 * f['recall_before']:.1f}% | {offset} | "
                          f"{pct(f['accuracy_before'])} -> {pct(f['accuracy'])} | {pct(f['precision_before'])} -> "
                          f"{pct(f['precision'])} | {100 * f['lowest_recall']:.1f}% ({f['lowest_recall_class']}) |")
+    lines += ["", f"'Not sure' threshold on the pooled predictions (one temperature per recipe; the lowest "
+              f"calibrated confidence at which the answered pictures are {100 * ANSWERED_ACCURACY:.0f}% right), "
+              "and precision (95% CI)", "",
+              "| recipe | temperature | threshold | coverage | answered right (95% CI) | right at 90% coverage | "
+              + " | ".join(f"{c} precision" for c in classes) + " |",
+              "| --- | --- | --- | --- | --- | --- | " + " | ".join("---" for _ in classes) + " |"]
+    for name, s in scores.items():
+        sel = s["selective"]
+        precision = [f"{pct(s['per_class'][c]['precision'])} ({pct(s['per_class'][c]['precision_ci'][0])}-"
+                     f"{pct(s['per_class'][c]['precision_ci'][1])})" for c in classes]
+        lines.append(f"| {name} | {sel['temperature']:.3f} | {sel['threshold']:.4f} | {pct(sel['coverage'])} | "
+                     f"{pct(sel['accuracy'])} ({pct(sel['ci'][0])}-{pct(sel['ci'][1])}) | "
+                     f"{pct(sel['at_90_coverage']['accuracy'])} | " + " | ".join(precision) + " |")
     if pairs:
         lines += ["", "| A vs B | pictures | only A right | only B right | A - B | McNemar p |",
                   "| --- | --- | --- | --- | --- | --- |"]
