@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from . import metrics
 from .config import Config
-from .preprocess import ImageError, decode, preprocess
+from .preprocess import ImageError, load_rgb, open_image, preprocess
 from .runtime import Runtime
 
 
@@ -26,6 +30,31 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
+class PixelBudget:
+    """Pixels one worker decodes at once. A decoded frame and its resize's buffers hold
+    several bytes a pixel until the resize is done, so a few of the largest allowed frames
+    at once would multiply a worker's peak memory. A frame waits until its pixels fit (one
+    larger than the budget, until the worker decodes nothing else); a decode is short and
+    a worker has few threads, so the wait is bounded."""
+
+    def __init__(self, pixels: int):
+        self.total = self.free = pixels
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        pixels = min(pixels, self.total)
+        with self._changed:
+            self._changed.wait_for(lambda: self.free >= pixels)
+            self.free -= pixels
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.free += pixels
+                self._changed.notify_all()
+
+
 class Classifier:
     def __init__(self, runtime: Runtime, config: Config):
         self.runtime, self.config = runtime, config
@@ -35,13 +64,20 @@ class Classifier:
         # then lets Pillow reduce in two steps; its cost in accuracy is in the README.
         self.draft_to = spec.resize if config.fast_decode else None
         self.reducing_gap = 3.0 if config.fast_decode else None
+        self.budget = PixelBudget(config.decode_pixels)
+
+    def open(self, data: bytes, draft: bool = True) -> Image.Image:
+        """The checked header; its size is what decoding will make (drafted, with `draft`)."""
+        return open_image(data, self.config.max_pixels, self.config.min_side, self.draft_to if draft else None,
+                          self.config.max_aspect_ratio)
 
     def prepare(self, data: bytes) -> tuple[np.ndarray, dict[str, float]]:
         t0 = time.perf_counter()
-        image = decode(data, self.config.max_pixels, self.config.min_side, self.draft_to,
-                       self.config.max_aspect_ratio)
-        t1 = time.perf_counter()
-        array = preprocess(image, self.bundle.preprocess, self.reducing_gap)
+        image = self.open(data)
+        with self.budget.hold(image.width * image.height):
+            image = load_rgb(image)
+            t1 = time.perf_counter()
+            array = preprocess(image, self.bundle.preprocess, self.reducing_gap)
         t2 = time.perf_counter()
         return array, {"decode": t1 - t0, "preprocess": t2 - t1}
 

@@ -31,6 +31,9 @@ class Config:
     # Longest side over shortest: a 16x100000 strip is few pixels, but resized to the
     # model's short side it is gigabytes. Panoramas from phones stay well under it.
     max_aspect_ratio: float = 8.0
+    # Pixels a worker decodes at once (server/classify.py, PixelBudget): with the largest
+    # frame allowed, one decode at a time, which bounds a worker's peak memory.
+    decode_pixels: int = 40_000_000
     max_batch: int = 16
     # Images per onnxruntime run in a batch request: peak memory follows the run, not the batch.
     max_run_batch: int = 4
@@ -74,6 +77,8 @@ class Config:
     def __post_init__(self) -> None:
         if self.ort_parallel_runs < 1:
             raise ValueError(f"ORT_PARALLEL_RUNS must be at least 1, not {self.ort_parallel_runs}")
+        if self.decode_pixels < 1:
+            raise ValueError(f"DECODE_PIXELS must be at least 1, not {self.decode_pixels}")
         if self.max_run_batch < 1:
             raise ValueError(f"MAX_RUN_BATCH must be at least 1, not {self.max_run_batch}")
 

@@ -21,7 +21,7 @@ from flask import Blueprint, Flask, current_app, g, jsonify, request
 
 from .api import classifier, single_upload
 from .errors import ApiError
-from .preprocess import ImageError, decode, preprocess
+from .preprocess import ImageError, load_rgb, preprocess
 
 bp = Blueprint("feedback", __name__)
 
@@ -109,15 +109,17 @@ def feedback():
         raise ApiError(400, "bad_label", f"label must be one of {', '.join(clf.bundle.classes)}")
     _, data = single_upload()
     try:
-        # exact decode (no draft): this is training data
-        image = decode(data, clf.config.max_pixels, clf.config.min_side, None, clf.config.max_aspect_ratio)
+        image = clf.open(data, draft=False)  # exact decode: this is training data
+        with clf.budget.hold(image.width * image.height):
+            image = load_rgb(image)
+            buffer = io.BytesIO()
+            image.save(buffer, "JPEG", quality=95)
+            array = preprocess(image, clf.bundle.preprocess)
     except ImageError as exc:
         raise ApiError(exc.status, exc.code, exc.message) from None
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=95)
     # What the model says of the picture as stored (no second decode; not a served prediction,
     # so it is not counted in the prediction metrics).
-    probs = clf.runtime.probabilities(clf.runtime.infer(preprocess(image, clf.bundle.preprocess)[None]))[0]
+    probs = clf.runtime.probabilities(clf.runtime.infer(array[None]))[0]
     record = {"predicted": clf.bundle.classes[int(probs.argmax())], "confidence": float(probs.max()),
               "model_sha256": clf.bundle.sha256, "station_id": clf.config.station_id,
               "time": datetime.now(UTC).isoformat(timespec="seconds")}

@@ -5,6 +5,7 @@ Every value comes from `server.config.Config`, the same frozen settings the app 
 the fork, so no thread pool is shared.
 """
 
+import ctypes
 import json
 import logging
 import os
@@ -24,6 +25,21 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 from server.config import Config  # noqa: E402
 
 CONFIG = Config.from_env()
+
+
+def return_large_frees() -> None:
+    """Frames decode into buffers of many megabytes on whichever thread serves them, and
+    glibc keeps what a thread frees in that thread's arena: a worker's memory would grow
+    to its threads times the largest frame and stay there. From 1 MiB up, buffers are
+    mapped on their own and given back when freed. Set in the master, kept by every fork."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: its allocator, its rules
+        return
+    libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+
+
+return_large_frees()
 # MODEL as the operator gave it (maybe a symlink); MODEL itself is then pinned to what was checked.
 REQUESTED = "ECOSORT_MODEL_REQUESTED"
 bind = CONFIG.bind

@@ -78,10 +78,17 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def decode(data: bytes, max_pixels: int, min_side: int, draft_to: int | None = None,
            max_aspect_ratio: float = 0.0) -> Image.Image:
-    """Bytes to an upright RGB image. `draft_to`: let libjpeg scale by 1/2, 1/4 or 1/8 while
-    decoding, keeping the shorter side >= draft_to (the fast path for camera frames).
-    `max_aspect_ratio` (0: none) refuses strips whose short side, resized up to the model's
-    size, would make the long side, and the resize's memory, explode."""
+    """Bytes to an upright RGB image: `open_image`, then `load_rgb`."""
+    return load_rgb(open_image(data, max_pixels, min_side, draft_to, max_aspect_ratio))
+
+
+def open_image(data: bytes, max_pixels: int, min_side: int, draft_to: int | None = None,
+               max_aspect_ratio: float = 0.0) -> Image.Image:
+    """The header only, checked; `image.size` is then what decoding will make. `draft_to`:
+    let libjpeg scale by 1/2, 1/4 or 1/8 while decoding, keeping the shorter side >=
+    draft_to (the fast path for camera frames). `max_aspect_ratio` (0: none) refuses
+    strips whose short side, resized up to the model's size, would make the long side,
+    and the resize's memory, explode."""
     image = _open(data, max_pixels, min_side)
     width, height = image.size
     if max_aspect_ratio and max(width, height) > max_aspect_ratio * min(width, height):
@@ -92,6 +99,14 @@ def decode(data: bytes, max_pixels: int, min_side: int, draft_to: int | None = N
             image.seek(0)  # animated GIF, multi-page TIFF: the first frame
         if draft_to and image.format in ("JPEG", "MPO"):
             image.draft("RGB", (draft_to, draft_to))
+    except Exception:  # noqa: BLE001 - a frame table or scan header that lies
+        raise ImageError(415, "corrupt_image", "the image data is truncated or corrupt") from None
+    return image
+
+
+def load_rgb(image: Image.Image) -> Image.Image:
+    """Decode the pixels of an `open_image` result, upright, as RGB."""
+    try:
         image.load()
         try:
             image = ImageOps.exif_transpose(image)

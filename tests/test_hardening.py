@@ -1,9 +1,12 @@
 """Hardening, round two (issue 19): each finding reproduced against the real server."""
 
 import io
+import logging
 import re
 import socket
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +19,10 @@ from server.feedback import store
 from tests.helpers import solid
 
 TOKEN = "s3cret-token-xyz"
+log = logging.getLogger(__name__)
+# What one frame of MAX_PIXELS adds to a worker at its peak, with room; four at once add
+# four times it (docs/serving.md, "Robustness of the service").
+PEAK_GROWTH_MB = 500
 
 
 def raw(port: int, data: bytes, timeout: float = 10) -> bytes:
@@ -116,6 +123,41 @@ def test_extreme_aspect_ratio_is_refused_before_any_resize(client):
     r = client.post("/v1/classify", data=png(16, 100_000), content_type="image/png")
     assert r.status_code == 422 and r.json["error"]["code"] == "extreme_aspect_ratio"
     assert client.post("/v1/classify", data=png(64, 400), content_type="image/png").status_code == 200
+
+
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
+def test_a_worker_peak_memory_is_bounded_whatever_arrives(tiny_bundle):
+    """Four threads each handed a frame of the most pixels allowed, three times over, and a
+    batch of them: one frame decodes at a time (DECODE_PIXELS) and freed buffers go back to
+    the system, so the worker's peak stays near one frame's, not four."""
+    frame = png(7744, 5164)  # 40 MP of one colour: 116 KB on the wire, 120 MB decoded
+    with Gunicorn(tiny_bundle, WEB_CONCURRENCY="1", GUNICORN_THREADS="4") as g:
+        pid = g.workers()[0]
+        before = peak_rss_mb(pid)
+        statuses = []
+
+        def post() -> None:
+            statuses.append(requests.post(g.url + "/v1/classify", data=frame, headers={"Content-Type": "image/png"},
+                                          timeout=60).status_code)
+
+        for _ in range(3):
+            clients = [threading.Thread(target=post) for _ in range(4)]
+            for t in clients:
+                t.start()
+            for t in clients:
+                t.join()
+        files = {f"f{i}": (f"{i}.png", frame, "image/png") for i in range(8)}
+        statuses.append(requests.post(g.url + "/v1/classify/batch", files=files, timeout=60).status_code)
+        peak = peak_rss_mb(pid)
+    log.info("worker peak RSS: %.0f MB at start, %.0f MB after 12 concurrent 40 MP frames and a batch of 8",
+             before, peak)
+    assert statuses == [200] * 13
+    assert peak - before < PEAK_GROWTH_MB, peak - before
 
 
 def test_a_batch_runs_in_bounded_pieces(tiny_bundle, monkeypatch):
