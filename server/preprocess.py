@@ -56,17 +56,26 @@ def _open(data: bytes, max_pixels: int, min_side: int) -> Image.Image:
     return image
 
 
+def _scaled_to_uint8(image: Image.Image, scale: float, rows: int = 256) -> Image.Image:
+    """clip(pixel * scale + 0.5) as 8-bit grey, a band of rows at a time: a float64 copy
+    of a whole frame of the most pixels allowed would be several times the frame."""
+    dtype = np.uint16 if image.mode.startswith("I;16") else None
+    out = np.empty((image.height, image.width), np.uint8)
+    for top in range(0, image.height, rows):
+        band = np.asarray(image.crop((0, top, image.width, min(top + rows, image.height))), dtype=dtype)
+        out[top:top + rows] = np.clip(band.astype(np.float64) * scale + 0.5, 0, 255)
+    return Image.fromarray(out)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any mode a camera or a person may send, as RGB; transparency goes on white."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16/32-bit grey: Pillow's convert clips at 255; scale the real range down instead.
-        array = np.asarray(image, dtype=np.int64 if image.mode == "I" else np.uint16).astype(np.float64)
-        top = float(array.max(initial=0))
+        top = float(max(image.getextrema()[1], 0))
         peak = 255.0 if image.mode == "I" and top <= 255 else 65535.0 if top <= 65535 else top
-        image = Image.fromarray(np.clip(array * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8))
+        image = _scaled_to_uint8(image, 255.0 / peak)
     elif image.mode == "F":
-        array = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.clip(array * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        image = _scaled_to_uint8(image, 255.0)
     if image.mode == "P" or image.mode == "PA":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "RGBa", "La"):
