@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from bench.serve import ROOT, Gunicorn
+from bench.serve import ROOT, Front, Gunicorn
 from tests.helpers import solid
 
 
@@ -190,7 +190,10 @@ def test_sigterm_drains_in_flight_request(tiny_bundle):
     assert "Worker exiting" in log and "SIGABRT" not in log and "terminate called" not in log, log[-2000:]
 
 
-def test_hup_swaps_a_good_bundle_under_load_and_refuses_a_bad_one(tmp_path):
+@pytest.mark.parametrize("kind", [Gunicorn, pytest.param(Front, marks=pytest.mark.skipif(
+    not shutil.which("nginx"), reason="tests/run.sh installs Debian's nginx"))])
+def test_hup_swaps_a_good_bundle_under_load_and_refuses_a_bad_one(tmp_path, kind):
+    """Straight at gunicorn, and through the image's front, which hands HUP on."""
     from tests.helpers import make_bundle
 
     good_a, good_b = make_bundle(tmp_path, "tiny-a"), make_bundle(tmp_path, "tiny-b")
@@ -198,7 +201,7 @@ def test_hup_swaps_a_good_bundle_under_load_and_refuses_a_bad_one(tmp_path):
     bad.with_suffix(".onnx").write_bytes(b"not a model")
     current = tmp_path / "current.json"
     current.symlink_to(good_a.name)
-    g = Gunicorn(current, WEB_CONCURRENCY="2", GUNICORN_THREADS="2").start()
+    g = kind(current, WEB_CONCURRENCY="2", GUNICORN_THREADS="2").start()
     statuses, names, stop = [], set(), threading.Event()
 
     def load():
