@@ -27,19 +27,20 @@ from server.config import Config  # noqa: E402
 CONFIG = Config.from_env()
 
 
-def return_large_frees() -> None:
+def one_malloc_arena() -> None:
     """Frames decode into buffers of many megabytes on whichever thread serves them, and
-    glibc keeps what a thread frees in that thread's arena: a worker's memory would grow
-    to its threads times the largest frame and stay there. From 1 MiB up, buffers are
-    mapped on their own and given back when freed. Set in the master, kept by every fork."""
+    glibc keeps what a thread frees in that thread's own arena: a worker's memory would
+    grow to its threads times the largest frame and stay there. One arena shares the
+    freed memory among the threads (a smaller mmap threshold did too, but cost time on
+    every request: docs/serving.md). Set in the master, kept by every fork."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc: its allocator, its rules
         return
-    libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    libc.mallopt(-8, 1)  # M_ARENA_MAX
 
 
-return_large_frees()
+one_malloc_arena()
 # MODEL as the operator gave it (maybe a symlink); MODEL itself is then pinned to what was checked.
 REQUESTED = "ECOSORT_MODEL_REQUESTED"
 bind = CONFIG.bind
