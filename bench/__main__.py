@@ -320,8 +320,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     ld.add_argument("--frame", default="640x480", help="generated frame size to send")
     ld.add_argument("--warmup", type=int, default=1000, help="requests before the RSS baseline")
     ld.add_argument("--front", action="store_true", help="through nginx, as the image runs (server/front.py)")
-    ld.add_argument("--retry-after", action="store_true", help="a refused client waits its Retry-After, as the "
-                    "kiosk page does (default: it asks again at once)")
+    ld.add_argument("--retry-after", action="store_true", help="a refused client waits its Retry-After, as a "
+                    "well-behaved client does (default: it asks again at once)")
     ld.set_defaults(run=cmd_load)
     fp = sub.add_parser("fastpath", parents=[common], help="accuracy and pixel deviation of FAST_DECODE")
     fp.add_argument("--model", type=Path, default=ROOT / "models" / "ecosort.json")

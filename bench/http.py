@@ -15,8 +15,8 @@ def load(url: str, data: bytes, requests: int, concurrency: int, timeout_s: floa
     """Bounded in count and time: stops after `requests` answers or `timeout_s` seconds.
 
     A 503's time is kept apart from the answers' ("refused_ms"), with how many lacked
-    Retry-After. With `retry_after` a refused client waits as long as it says, as the kiosk
-    page does; without, it asks again at once (a storm of refusals, the worst case)."""
+    Retry-After. With `retry_after` a refused client waits as long as it says, as a
+    well-behaved client does; without, it asks again at once (a storm of refusals, the worst case)."""
     parts = urlsplit(url)
     if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
         raise ValueError("the benchmark only targets a server on this machine (loopback)")
