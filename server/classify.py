@@ -66,16 +66,18 @@ class Classifier:
         self.reducing_gap = 3.0 if config.fast_decode else None
         self.budget = PixelBudget(config.decode_pixels)
 
-    def open(self, data: bytes, draft: bool = True) -> Image.Image:
-        """The checked header; its size is what decoding will make (drafted, with `draft`)."""
-        return open_image(data, self.config.max_pixels, self.config.min_side, self.draft_to if draft else None,
-                          self.config.max_aspect_ratio)
+    @contextmanager
+    def decoded(self, data: bytes, draft: bool = True) -> Iterator[Image.Image]:
+        """The upright RGB image (JPEGs drafted, with `draft`), decoded within the worker's
+        pixel budget, which it holds while the block works on the image."""
+        image = open_image(data, self.config.max_pixels, self.config.min_side, self.draft_to if draft else None,
+                           self.config.max_aspect_ratio)
+        with self.budget.hold(image.width * image.height):
+            yield load_rgb(image)
 
     def prepare(self, data: bytes) -> tuple[np.ndarray, dict[str, float]]:
         t0 = time.perf_counter()
-        image = self.open(data)
-        with self.budget.hold(image.width * image.height):
-            image = load_rgb(image)
+        with self.decoded(data) as image:
             t1 = time.perf_counter()
             array = preprocess(image, self.bundle.preprocess, self.reducing_gap)
         t2 = time.perf_counter()

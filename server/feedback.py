@@ -21,7 +21,7 @@ from flask import Blueprint, Flask, current_app, g, jsonify, request
 
 from .api import classifier, single_upload
 from .errors import ApiError
-from .preprocess import ImageError, load_rgb, preprocess
+from .preprocess import ImageError, preprocess
 
 bp = Blueprint("feedback", __name__)
 
@@ -109,9 +109,7 @@ def feedback():
         raise ApiError(400, "bad_label", f"label must be one of {', '.join(clf.bundle.classes)}")
     _, data = single_upload()
     try:
-        image = clf.open(data, draft=False)  # exact decode: this is training data
-        with clf.budget.hold(image.width * image.height):
-            image = load_rgb(image)
+        with clf.decoded(data, draft=False) as image:  # exact decode: this is training data
             buffer = io.BytesIO()
             image.save(buffer, "JPEG", quality=95)
             array = preprocess(image, clf.bundle.preprocess)

@@ -41,6 +41,7 @@ def one_malloc_arena() -> None:
 
 
 one_malloc_arena()
+
 # MODEL as the operator gave it (maybe a symlink); MODEL itself is then pinned to what was checked.
 REQUESTED = "ECOSORT_MODEL_REQUESTED"
 bind = CONFIG.bind

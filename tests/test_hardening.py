@@ -133,8 +133,9 @@ def peak_rss_mb(pid: int) -> float:
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
 def test_a_worker_peak_memory_is_bounded_whatever_arrives(tiny_bundle):
     """Four threads each handed a frame of the most pixels allowed, three times over, and a
-    batch of them: one frame decodes at a time (DECODE_PIXELS) and freed buffers go back to
-    the system, so the worker's peak stays near one frame's, not four."""
+    batch of them, then deep frames: one frame decodes at a time (DECODE_PIXELS), its
+    threads share one malloc arena, and deep pixels are scaled a band at a time, so the
+    worker's peak stays near one frame's, not four."""
     frame = png(7744, 5164)  # 40 MP of one colour: 116 KB on the wire, 120 MB decoded
     with Gunicorn(tiny_bundle, WEB_CONCURRENCY="1", GUNICORN_THREADS="4") as g:
         pid = g.workers()[0]

@@ -108,7 +108,6 @@ def test_the_front_refuses_in_json(served):
     assert answer.startswith(b"HTTP/1.1 400") and b'"bad_request"' in answer, answer[:300]
 
 
-
 def test_front_stops_when_gunicorn_cannot_start(tmp_path):
     """A bad bundle stops gunicorn before any worker forks; the front stops nginx too and
     exits non-zero, so the container's supervisor sees the failure."""

@@ -157,11 +157,11 @@ def selective_scores(logits: torch.Tensor, targets: torch.Tensor, answered: floa
     threshold is the lowest calibrated confidence at which the answered pictures are
     `answered` right. A bundle of this recipe may take it with `export --uncertain-below`."""
     temperature = fit_temperature(logits, targets)
-    conf, pred = (logits / temperature).softmax(1).max(1)
-    correct = (pred == targets).numpy()
-    curve = risk_coverage(conf.numpy().astype(np.float64), correct)
-    chosen = choose_threshold(conf.numpy().astype(np.float64), correct, answered)
-    mask = conf.numpy() >= chosen["threshold"]
+    top, pred = (logits / temperature).softmax(1).max(1)
+    conf, correct = top.numpy().astype(np.float64), (pred == targets).numpy()
+    curve = risk_coverage(conf, correct)
+    chosen = choose_threshold(conf, correct, answered)
+    mask = conf >= chosen["threshold"]
     right = int(correct[mask].sum())
     at_90 = next(r for r in curve if r["coverage"] >= 0.9 - 1e-9)
     return {"temperature": temperature, "target_accuracy": answered, "threshold": chosen["threshold"],
