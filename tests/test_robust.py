@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import SAMPLES, fit
-from training import backgrounds, data, recipes, robustness, selective, wise
+from training import backgrounds, data, presets, recipes, robustness, selective, wise
 from training.checkpoint import load_checkpoint
 from training.losses import OutlierExposureLoss
 
@@ -30,6 +30,20 @@ def test_corruptions_get_worse_with_severity(name):
     rng = np.random.default_rng(0)
     change = [np.abs(robustness.corrupt(image, name, s, rng).astype(float) - image).mean() for s in (1, 5)]
     assert 0 < change[0] < change[1]
+
+
+def test_camera_faults_keep_the_range_and_change_the_picture():
+    torch.manual_seed(0)
+    image = torch.from_numpy(np.asarray(Image.open(SAMPLES[0]).convert("RGB").resize((64, 48)))).permute(2, 0, 1) / 255
+    faults = presets.CameraFaults(1.0)
+    for fault in (faults.sensor, faults.defocus, faults.jpeg, faults):
+        out = fault(image)
+        assert out.shape == image.shape and 0 <= out.min() and out.max() <= 1
+        assert (out - image).abs().mean() > 0.002, fault
+    # a blur lowers the high frequencies; p=0 leaves the picture alone
+    assert faults.defocus(image).diff(dim=2).abs().mean() < image.diff(dim=2).abs().mean()
+    assert torch.equal(presets.CameraFaults(0.0)(image), image)
+    assert any(isinstance(t, presets.CameraFaults) for t in presets.train_preset(32, [0.5] * 3, [0.2] * 3).transforms)
 
 
 def test_background_swap_replaces_the_white_table_only():
@@ -85,8 +99,9 @@ def test_threshold_is_the_lowest_that_keeps_answers_right():
     assert [r["coverage"] for r in rows] == [2 / 3, 1.0]
 
 
-def test_recipes_are_fit_defaults(tmp_path):
-    recipe = recipes.load("robust-lite0")
+@pytest.mark.parametrize("name", sorted(p.stem for p in recipes.HERE.glob("*.toml")))
+def test_recipes_are_fit_defaults(name):
+    recipe = recipes.load(name)
     from training.train import get_args_parser
 
     names = {a.dest for a in get_args_parser()._actions}

@@ -10,7 +10,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 from torchvision import transforms as T
+from torchvision.io import decode_jpeg, encode_jpeg
 from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as F
 
 from . import backgrounds, constants
 
@@ -51,8 +53,54 @@ class RandomBackground(torch.nn.Module):
         return torch.from_numpy(backgrounds.training_surface(shape[1], shape[2], rng)).permute(2, 0, 1)
 
 
+class CameraFaults(torch.nn.Module):
+    """What a kiosk camera does that a studio camera did not: too little light and the
+    sensor's noise, a lens out of focus, a hard-squeezed JPEG.
+
+    Works on a [0, 1] tensor before normalisation. Its forms are not the robustness
+    suite's (training.robustness.corrupt): noise is drawn in linear light as photons plus
+    read noise, and blur is Gaussian, not a disk or a line, so the suite measures more
+    than this augmentation replayed.
+    """
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        self.p = p
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if torch.rand(()) >= self.p:
+            return image
+        # noise and dim light are drawn twice as often: they are where the network is weakest
+        fault = (self.sensor, self.sensor, self.defocus, self.jpeg)[int(torch.randint(4, ()))]
+        return fault(image).clamp(0, 1)
+
+    @staticmethod
+    def _log_uniform(low: float, high: float) -> float:
+        return float(torch.empty(()).uniform_(np.log(low), np.log(high)).exp())
+
+    def sensor(self, image: torch.Tensor) -> torch.Tensor:
+        gain, photons = self._log_uniform(0.06, 1.0), self._log_uniform(4, 400)
+        linear = image.clamp(0, 1) ** 2.2 * gain
+        linear = torch.poisson(linear * photons) / photons + torch.randn_like(linear) * float(torch.rand(())) * 0.02
+        if torch.rand(()) < 0.5:
+            # the camera's auto-exposure lifts a dim frame, and its noise with it
+            linear = linear / gain ** 0.5
+        return linear.clamp(0, 1) ** (1 / 2.2)
+
+    @staticmethod
+    def defocus(image: torch.Tensor) -> torch.Tensor:
+        sigma = float(torch.empty(()).uniform_(0.6, 3.5))
+        return F.gaussian_blur(image, 2 * int(3 * sigma) + 1, sigma)
+
+    @staticmethod
+    def jpeg(image: torch.Tensor) -> torch.Tensor:
+        quality = int(torch.randint(6, 40, ()))
+        data = encode_jpeg((image.clamp(0, 1) * 255 + 0.5).to(torch.uint8), quality=quality)
+        return decode_jpeg(data).float() / 255
+
+
 def train_preset(crop: int, mean, std, background_p: float = 0.5, scale_min: float = 0.35,
-                 trivial_augment: bool = False) -> T.Compose:
+                 trivial_augment: bool = False, camera_p: float = 0.0) -> T.Compose:
     # Photometric changes come after the compositing: the backdrop is found on the
     # picture as taken, and the pasted surface is jittered with the object, as a camera would.
     photometric = [T.ConvertImageDtype(torch.uint8), T.TrivialAugmentWide(interpolation=InterpolationMode.BILINEAR),
@@ -66,6 +114,7 @@ def train_preset(crop: int, mean, std, background_p: float = 0.5, scale_min: flo
         RandomBackground(background_p),
         *photometric,
         T.ColorJitter(0.3, 0.3, 0.3, 0.03),
+        CameraFaults(camera_p),
         T.Normalize(mean, std),
     ])
 

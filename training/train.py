@@ -63,6 +63,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--background-p", type=float, default=0.25, help="chance of a random backdrop per image")
     p.add_argument("--scale-min", type=float, default=0.35, help="smallest area share of a random resized crop")
     p.add_argument("--trivial-augment", action="store_true", help="TrivialAugmentWide after the compositing")
+    p.add_argument("--camera-p", type=float, default=0.0,
+                   help="chance of a camera fault per picture: dim light and sensor noise, defocus, JPEG")
     p.add_argument("--no-object-share", type=float, default=0.0,
                    help="add this many frames with no object per training picture (outlier exposure); 0: none")
     p.add_argument("--oe-weight", type=float, default=0.5, help="weight of the no-object frames' uniform loss")
@@ -103,7 +105,7 @@ def class_counts(samples, n_classes: int) -> torch.Tensor:
 
 def make_loaders(args, manifest: dict, spec: dict, distributed: bool):
     train_tf = presets.train_preset(spec["crop"], spec["mean"], spec["std"], args.background_p, args.scale_min,
-                                    args.trivial_augment)
+                                    args.trivial_augment, args.camera_p)
     eval_tf = presets.eval_preset(**spec)
     n_classes = len(manifest["classes"])
     images = data.ImageList(args.data, data.split_of(manifest, "train"), train_tf, args.feedback)
