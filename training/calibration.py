@@ -8,18 +8,23 @@ from . import stats
 
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    """The T that minimises validation NLL of softmax(logits / T); one parameter, no overfit."""
+    """The T that minimises validation NLL of softmax(logits / T); one parameter, no overfit.
+
+    T stays within [e^-4, e^4]: a network no better than chance (an untrained one, in
+    tests) would otherwise drive it to infinity or NaN, which no bundle may carry.
+    """
     log_t = torch.zeros(1, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), targets)
+        loss = torch.nn.functional.cross_entropy(logits / log_t.clamp(-4, 4).exp(), targets)
         loss.backward()
         return loss
 
     opt.step(closure)
-    return float(log_t.detach().exp())
+    log_t = log_t.detach().clamp(-4, 4)
+    return float(log_t.exp()) if torch.isfinite(log_t).all() else 1.0
 
 
 def ece(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, bins: int = 15) -> float:

@@ -68,7 +68,8 @@ class CameraFaults(torch.nn.Module):
         self.p = p
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        if torch.rand(()) >= self.p:
+        # p = 0 draws nothing, so recipes without faults keep their random stream
+        if self.p <= 0 or torch.rand(()) >= self.p:
             return image
         # noise and dim light are drawn twice as often: they are where the network is weakest
         fault = (self.sensor, self.sensor, self.defocus, self.jpeg)[int(torch.randint(4, ()))]
