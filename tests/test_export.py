@@ -162,6 +162,17 @@ def test_ensemble_of_networks_that_disagree_is_refused(fitted, tmp_path, caplog,
     assert "not one ensemble" in caplog.text and not (tmp_path / "x.json").exists()
 
 
+def test_a_manifest_without_test_pictures_is_refused_with_a_hint(fitted, tmp_path, caplog):
+    run, _ = fitted
+    manifest = json.loads((run / "split.json").read_text())
+    manifest["items"] = [it for it in manifest["items"] if it["split"] != "test"]  # as a fold manifest
+    (tmp_path / "fold.json").write_text(json.dumps(manifest))
+    with caplog.at_level(logging.ERROR, logger="export"):
+        assert export(run / "best.pt", tmp_path / "x", "--no-int8", "--manifest", str(tmp_path / "fold.json")) == 2
+    assert "has no test pictures" in caplog.text and "--manifest" in caplog.text
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_logit_adjustment_is_fitted_on_val_and_served(fitted, dataset, tmp_path):
     import numpy as np
 
