@@ -1,5 +1,6 @@
 """POST /v1/feedback: training layout, atomic, deduplicated, capped, safe under concurrency."""
 
+import gc
 import io
 import multiprocessing
 import os
@@ -74,11 +75,18 @@ def _writer(root, seeds, label):
         store(root, label, jpeg, 10**9)
 
 
+def forked(target, *args) -> multiprocessing.Process:
+    """A forked process. pytest's own holds onnxruntime sessions of earlier tests: one left as
+    garbage and collected in the child waits forever on pool threads that fork did not copy
+    (with the folder's lock held), so the garbage goes before the fork."""
+    gc.collect()
+    return multiprocessing.get_context("fork").Process(target=target, args=args)
+
+
 def test_concurrent_writers_lose_and_corrupt_nothing(folder):
     folder.mkdir()
     seeds = list(range(40))
-    procs = [multiprocessing.get_context("fork").Process(target=_writer, args=(folder, seeds, "glass"))
-             for _ in range(4)]
+    procs = [forked(_writer, folder, seeds, "glass") for _ in range(4)]
     for p in procs:
         p.start()
     for p in procs:
@@ -103,7 +111,7 @@ def _crash_mid_write(root):
 
 def test_crash_mid_write_leaves_no_partial_image(folder, tiny_bundle):
     folder.mkdir()
-    p = multiprocessing.get_context("fork").Process(target=_crash_mid_write, args=(folder,))
+    p = forked(_crash_mid_write, folder)
     p.start()
     p.join()
     assert p.exitcode == 9
