@@ -75,7 +75,7 @@ def _writer(root, seeds, label):
         store(root, label, jpeg, 10**9)
 
 
-def forked(target, *args) -> multiprocessing.Process:
+def forked(target, *args):
     """A forked process. pytest's own holds onnxruntime sessions of earlier tests: one left as
     garbage and collected in the child waits forever on pool threads that fork did not copy
     (with the folder's lock held), so the garbage goes before the fork."""
