@@ -209,13 +209,14 @@ def main(args) -> int:
         return 2
     if args.logit_adjustment == "fit" or args.logit_tau is not None:
         counts = class_counts(split_of(manifest, "train"), len(classes)).int().tolist()
-    empty = [s for s in ("val", "test") if not split_of(manifest, s)]
+    held_out = {s: split_of(manifest, s) for s in ("val", "test")}
+    empty = [s for s, items in held_out.items() if not items]
     if empty:
         log.error("%s has no %s pictures to check the export on (a fold manifest has no test split: "
                   "pass --manifest training/splits/trashnet.json)", manifest_path, " or ".join(empty))
         return 2
-    val = load_arrays(data_root, split_of(manifest, "val")[:limit], spec)
-    test = load_arrays(data_root, split_of(manifest, "test")[:limit], spec)
+    val = load_arrays(data_root, held_out["val"][:limit], spec)
+    test = load_arrays(data_root, held_out["test"][:limit], spec)
 
     work = args.out.parent / f".{args.out.name}.work"
     shutil.rmtree(work, ignore_errors=True)
