@@ -56,6 +56,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-int8", action="store_true", help="fp32 only")
     p.add_argument("--uncertain-below", type=float, help="answer only at or above this calibrated confidence "
                    "(default: the lowest threshold whose answered val pictures are --answered-accuracy right)")
+    p.add_argument("--temperature", type=float, help="calibrate with this temperature instead of fitting one on val "
+                   "(the one `python -m training cv` fitted out of fold beside --uncertain-below: a threshold "
+                   "means what it was chosen to mean only under the temperature it was chosen with)")
     p.add_argument("--answered-accuracy", type=float, default=ANSWERED_ACCURACY,
                    help="accuracy the answered val pictures must reach when the threshold is chosen")
     p.add_argument("--logit-adjustment", choices=("none", "fit"), default="none",
@@ -129,9 +132,10 @@ def selective(val_logits, val_targets, test_logits, test_targets, temperature: f
 
 def evaluate_variant(path: Path, val, test, classes, counts: list[int] | None, tau: float | None = None,
                      class_offset: tuple[int, float] | None = None, answered: float = ANSWERED_ACCURACY,
-                     threshold: float | None = None) -> tuple[dict, ort.InferenceSession]:
+                     threshold: float | None = None,
+                     temperature: float | None = None) -> tuple[dict, ort.InferenceSession]:
     """Calibration fitted on val (prior offsets if counts are given, with tau if given; one class's
-    offset if given; then temperature), measured on val and test."""
+    offset if given; then temperature, unless given), measured on val and test."""
     session = ort.InferenceSession(str(path), session_options(2, False, True), providers=["CPUExecutionProvider"])
     val_logits, test_logits = (torch.from_numpy(onnx_logits(session, x)) for x, _ in (val, test))
     val_targets, test_targets = torch.from_numpy(val[1]), torch.from_numpy(test[1])
@@ -149,9 +153,11 @@ def evaluate_variant(path: Path, val, test, classes, counts: list[int] | None, t
             split: {"accuracy": float((z.argmax(1) == t).float().mean()), "lowest_recall": lowest_recall(z, t)}
             for split, z, t in (("val", val_logits, val_targets), ("test", test_logits, test_targets))}}
         val_logits, test_logits = val_logits + offsets, test_logits + offsets
-    temperature = fit_temperature(val_logits, val_targets)
+    source = "given" if temperature else "val"
+    temperature = temperature or fit_temperature(val_logits, val_targets)
     return {
         "temperature": temperature,
+        "temperature_from": source,
         "logit_adjustment": adjustment,
         "selective": selective(val_logits, val_targets, test_logits, test_targets, temperature, answered, threshold),
         "val": classification_metrics(val_logits, val_targets, classes, temperature),
@@ -202,6 +208,9 @@ def main(args) -> int:
         log.error("--logit-tau takes a tau in [0, 10) and replaces --logit-adjustment fit; got %s with %s",
                   args.logit_tau, args.logit_adjustment)
         return 2
+    if args.temperature is not None and not 0 < args.temperature < 100:
+        log.error("--temperature takes a positive temperature below 100; got %s", args.temperature)
+        return 2
     try:
         class_offset = parse_class_offset(args.class_offset, classes)
     except ValueError as exc:
@@ -235,7 +244,7 @@ def main(args) -> int:
     results, sessions = {}, {}
     # the same for both precisions
     evaluation = (val, test, classes, counts, args.logit_tau, class_offset, args.answered_accuracy,
-                  args.uncertain_below)
+                  args.uncertain_below, args.temperature)
     results["fp32"], sessions["fp32"] = evaluate_variant(work / "fp32.onnx", *evaluation)
     check = parity(model, sessions["fp32"], val[0][: args.parity_images])
     log.info("parity on %d validation images: max |dlogit| %.2e, argmax equal %s",

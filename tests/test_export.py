@@ -216,6 +216,21 @@ def test_logit_tau_given_is_used_as_is(fitted, tmp_path, caplog):
     assert "--logit-tau takes a tau" in caplog.text and not (tmp_path / "neg.json").exists()
 
 
+def test_threshold_and_temperature_given_are_served_together(fitted, tmp_path, caplog):
+    """A threshold chosen out of fold ships with the temperature it was chosen under."""
+    run, _ = fitted
+    assert export(run / "best.pt", tmp_path / "given", "--no-int8", "--uncertain-below", "0.7",
+                  "--temperature", "1.3") == 0
+    bundle = load_bundle(tmp_path / "given.json")
+    assert bundle.calibration.temperature == 1.3 and bundle.calibration.uncertain_below == 0.7
+    assert bundle.metrics["temperature_from"] == "given" and bundle.metrics["selective"]["chosen_on_val"] is None
+    assert export(run / "best.pt", tmp_path / "fitted", "--no-int8") == 0
+    assert load_bundle(tmp_path / "fitted.json").metrics["temperature_from"] == "val"
+    with caplog.at_level(logging.ERROR, logger="export"):
+        assert export(run / "best.pt", tmp_path / "zero", "--no-int8", "--temperature", "0") == 2
+    assert "--temperature takes" in caplog.text and not (tmp_path / "zero.json").exists()
+
+
 def test_class_offset_adds_to_one_class_after_the_tau(fitted, tmp_path, caplog):
     from training.calibration import prior_offsets
 

@@ -70,6 +70,8 @@ def test_threshold_is_the_one_chosen_out_of_fold():
     # chosen at the size it is served at: a network served larger is more confident
     assert (cv["size"] or bundle.provenance["trained_size"]) == bundle.preprocess.crop
     assert bundle.calibration.uncertain_below == bundle.metrics["selective"]["threshold"] == chosen["threshold"]
+    # and under the temperature it was chosen with, or it cuts somewhere else
+    assert bundle.calibration.temperature == chosen["temperature"]
     assert chosen["accuracy"] >= chosen["target_accuracy"] and chosen["answered"] > 1000
 
 
@@ -86,3 +88,21 @@ def test_frames_with_no_object_are_not_sure():
             frame.save(buffer, "PNG")
             body = client.post("/v1/classify", data=buffer.getvalue(), content_type="image/png").get_json()
             assert body["uncertain"], (kind, body["label"], body["confidence"])
+
+
+def test_readme_example_is_the_shipped_bundles_answer():
+    """The README's `POST /v1/classify` example names the shipped bundle and gives its answer."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    example = readme.split("`POST /v1/classify` answers", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    named = re.search(r'"sha256": "([0-9a-f]{64})"', example).group(1)
+    assert named == load_bundle(SHIPPED).sha256
+    photo = TRASHNET / re.search(r"dataset-resized/(\S+\.jpg)", readme).group(1)
+    if not photo.exists():
+        pytest.skip("TrashNet not beside the checkout")
+    body = create_app({"model": SHIPPED}).test_client().post(
+        "/v1/classify", data=photo.read_bytes(), content_type="image/jpeg").get_json()
+    assert f'"label": "{body["label"]}"' in example
+    assert f'"confidence": {body["confidence"]}' in example
+    assert f'"uncertain": {str(body["uncertain"]).lower()}' in example
