@@ -66,7 +66,7 @@ class Torch:
         self.old_transform = T.Compose([T.Resize((224, 224)), T.ToTensor(), imagenet])
         self.resnet50 = models.resnet50().eval()  # timing only: weights do not change cost
         # Our preprocessing and network as training builds them (timm's run-time padding).
-        self.transform = eval_preset(spec.resize, spec.crop, spec.mean, spec.std, spec.interpolation)
+        self.transform = eval_preset(spec.resize, spec.crop, spec.mean, spec.std, spec.interpolation, spec.autocontrast)
         # An ensemble bundle runs every member: time them all, as the ONNX graph does.
         self.ours = [build_model(b, num_classes, pretrained=False).eval() for b in backbones]
         if views > 1:  # the same computation as the graph: every member over every flipped view

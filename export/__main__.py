@@ -47,6 +47,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="bundle path without suffix, e.g. models/ecosort")
     p.add_argument("--image-size", type=int, help="serve at this input size instead of the training size "
                    "(random resized crops show objects larger in training than a centre crop does)")
+    p.add_argument("--autocontrast", type=float, metavar="PERCENT", help="stretch each crop by its luma histogram, "
+                   "the darkest and brightest PERCENT clipped, before normalising (default: as the checkpoint says)")
     p.add_argument("--data", type=Path, help="dataset folder (default: the one the checkpoint was trained on)")
     p.add_argument("--manifest", type=Path, help="split manifest (default: the checkpoint's)")
     p.add_argument("--parity-images", type=int, default=64, help="validation images for the parity check")
@@ -165,8 +167,8 @@ def evaluate_variant(path: Path, val, test, classes, counts: list[int] | None, t
     }, session
 
 
-def load_members(paths: list[Path], image_size: int | None,
-                 views: int = 1) -> tuple[torch.nn.Module, list[dict], Preprocess]:
+def load_members(paths: list[Path], image_size: int | None, views: int = 1,
+                 autocontrast: float | None = None) -> tuple[torch.nn.Module, list[dict], Preprocess]:
     """One network, or an Ensemble of several that agree on everything the bundle states once;
     with views > 1 each network is averaged over its flipped copies first (training.models.Views)."""
     models, ckpts = zip(*(load_checkpoint(p) for p in paths))
@@ -176,8 +178,11 @@ def load_members(paths: list[Path], image_size: int | None,
     except ValueError as exc:
         raise ValueError(f"{exc}: not one ensemble") from None
     raw = spec_at_size(first["preprocess"], image_size) if image_size else first["preprocess"]
+    if autocontrast is not None:
+        raw = {**raw, "autocontrast": autocontrast}
     for path, ckpt in zip(paths[1:], ckpts[1:]):
-        if any(ckpt["preprocess"][k] != first["preprocess"][k] for k in ("mean", "std", "interpolation")):
+        if any(ckpt["preprocess"].get(k) != first["preprocess"].get(k)
+               for k in ("mean", "std", "interpolation", "autocontrast")):
             raise ValueError(f"{path} normalises its input differently from {paths[0]}: not one ensemble")
         # Members trained at other sizes are served at one; each must keep its own resize/crop ratio.
         if spec_at_size(ckpt["preprocess"], raw["crop"])["resize"] != raw["resize"]:
@@ -193,7 +198,9 @@ def load_members(paths: list[Path], image_size: int | None,
 
 def main(args) -> int:
     try:
-        model, ckpts, spec = load_members(args.checkpoints, args.image_size, args.views)
+        if args.autocontrast is not None and not 0 <= args.autocontrast < 50:
+            raise ValueError(f"--autocontrast takes a percent in [0, 50); got {args.autocontrast}")
+        model, ckpts, spec = load_members(args.checkpoints, args.image_size, args.views, args.autocontrast)
     except (ValueError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 2

@@ -23,13 +23,15 @@ class BundleError(ValueError):
 
 @dataclass(frozen=True)
 class Preprocess:
-    """torchvision's Resize(resize) + CenterCrop(crop) + ToTensor + Normalize(mean, std)."""
+    """torchvision's Resize(resize) + CenterCrop(crop) + ToTensor + Normalize(mean, std);
+    with `autocontrast` (a percent), Pillow's autocontrast on the crop before ToTensor."""
 
     resize: int
     crop: int
     interpolation: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    autocontrast: float | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,11 @@ def _preprocess(raw: Any) -> Preprocess:
         _require(isinstance(value, list) and len(value) == 3 and all(map(_number, value)),
                  f"preprocess.{key} must be three numbers")
     _require(all(s > 0 for s in raw["std"]), "preprocess.std must be positive")
-    return Preprocess(raw["resize"], raw["crop"], raw["interpolation"], tuple(raw["mean"]), tuple(raw["std"]))
+    cutoff = raw.get("autocontrast")
+    _require(cutoff is None or (_number(cutoff) and 0 <= cutoff < 50),
+             "preprocess.autocontrast must be null or a percent in [0, 50)")
+    return Preprocess(raw["resize"], raw["crop"], raw["interpolation"], tuple(raw["mean"]), tuple(raw["std"]),
+                      None if cutoff is None else float(cutoff))
 
 
 def _input(raw: Any, crop: int) -> InputSpec:

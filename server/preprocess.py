@@ -148,14 +148,23 @@ def center_crop(image: Image.Image, crop: int) -> np.ndarray:
     return array[top:top + crop, left:left + crop]
 
 
+def autocontrast(crop: np.ndarray, cutoff: float) -> np.ndarray:
+    """The crop stretched by one lookup table from its luma histogram (hue kept), the
+    darkest and brightest `cutoff` percent clipped: Pillow's, as the training side uses."""
+    return np.asarray(ImageOps.autocontrast(Image.fromarray(crop), cutoff=cutoff, preserve_tone=True))
+
+
 def preprocess(image: Image.Image, spec: Preprocess, reducing_gap: float | None = None) -> np.ndarray:
     """RGB PIL image to a float32 CHW array, normalised as the bundle says."""
     size = resized_size(image.width, image.height, spec.resize)
     if size != image.size:
         image = image.resize(size, RESAMPLE[spec.interpolation], reducing_gap=reducing_gap)
+    crop = center_crop(image, spec.crop)
+    if spec.autocontrast is not None:
+        crop = autocontrast(crop, spec.autocontrast)
     # Transpose while still uint8 (a quarter of the bytes), then one multiply-add per
     # value: x * 1/(255 std) - mean/std equals ToTensor + Normalize to ~1e-7.
-    chw = np.ascontiguousarray(center_crop(image, spec.crop).transpose(2, 0, 1)).astype(np.float32)
+    chw = np.ascontiguousarray(crop.transpose(2, 0, 1)).astype(np.float32)
     std = np.asarray(spec.std, np.float64)
     chw *= (1.0 / (255.0 * std)).astype(np.float32)[:, None, None]
     chw -= (np.asarray(spec.mean, np.float64) / std).astype(np.float32)[:, None, None]

@@ -146,6 +146,45 @@ def test_cv_with_views_scores_flipped_copies_of_the_same_pictures(fold_fits, tmp
         cli(["cv", "--recipe", "a", str(runs["a", 0]), "--data", str(root), "--views", "3"])
 
 
+def test_cv_with_autocontrast_stretches_each_crop_and_pairs_with_plain(fold_fits, tmp_path, capsys):
+    root, runs = fold_fits
+    folds = [str(runs["a", 0]), str(runs["a", 1])]
+    assert cli(["cv", "--recipe", "a", *folds, "--data", str(root), "--out", str(tmp_path / "plain")]) == 0
+    assert cli(["cv", "--recipe", "a", *folds, "--data", str(root), "--autocontrast", "1",
+                "--out", str(tmp_path / "ac")]) == 0
+    result = json.loads((tmp_path / "ac" / "cv.json").read_text())
+    assert result["autocontrast"] == 1.0
+    model, ckpt = load_checkpoint(runs["a", 0])
+    stretched = probabilities(model, ckpt, root, [64], ("val",), autocontrast=1.0)[64, "val"][0]
+    paths = [p for p, _ in data.split_of(data.read_manifest(ckpt["manifest"]), "val")]
+    got = torch.tensor([result["predictions"]["a"][p]["probabilities"] for p in paths])
+    assert torch.allclose(got, stretched, atol=1e-4)
+    plain = probabilities(model, ckpt, root, [64], ("val",))[64, "val"][0]
+    assert not torch.allclose(plain, stretched, atol=1e-4)  # the step is applied, not only recorded
+    capsys.readouterr()
+    assert cli(["pair", str(tmp_path / "ac" / "cv.json"), str(tmp_path / "plain" / "cv.json")]) == 0
+    pair = json.loads(capsys.readouterr().out)
+    a, b = result["scores"]["a"]["accuracy"], json.loads((tmp_path / "plain" / "cv.json").read_text())
+    assert pair["pictures"] == result["scores"]["a"]["n"]
+    assert pair["difference"] == pytest.approx(a - b["scores"]["a"]["accuracy"])
+    assert pair["ci95"][0] <= pair["difference"] <= pair["ci95"][1]
+
+
+def test_paired_difference_counts_a_picture_once_however_many_copies():
+    a = [[1, 1, 1, 1], [0, 0, 0, 0], [1, 0, 1, 0]]
+    b = [[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    p = stats.paired_difference(a, b)
+    d = [0.5, 0.0, 0.5]
+    assert p["pictures"] == 3 and p["copies"] == 4 and p["difference"] == pytest.approx(1 / 3)
+    half = 1.96 * math.sqrt(((0.5 - 1 / 3) ** 2 * 2 + (1 / 3) ** 2) / 3 / 3)
+    assert p["ci95"] == pytest.approx([sum(d) / 3 - half, sum(d) / 3 + half])
+    assert (p["only_a"], p["only_b"], p["mcnemar_p"]) == (4, 0, None)
+    single = stats.paired_difference([1, 1, 0, 1], [0, 1, 0, 0])
+    assert single["mcnemar_p"] == stats.mcnemar(2, 0) and single["copies"] == 1
+    with pytest.raises(ValueError, match="cannot pair"):
+        stats.paired_difference(a, b[:2])
+
+
 class FlipOnly(torch.nn.Module):
     def __init__(self, model):
         super().__init__()

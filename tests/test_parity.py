@@ -4,12 +4,13 @@ server/ and training/ never import each other; this test is what binds them.
 """
 
 import io
+import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from server.bundle import Preprocess
+from server.bundle import BundleError, Preprocess, load_bundle
 from server.preprocess import decode, preprocess, to_rgb
 from tests.helpers import encode
 from training.models import preprocess_spec
@@ -19,6 +20,7 @@ SPECS = {
     "lite0": preprocess_spec("efficientnet_lite0"),
     "imagenet-256-224": {**preprocess_spec("resnet50"), "resize": 256, "crop": 224},
     "lite2-bicubic": {**preprocess_spec("efficientnet_lite2"), "interpolation": "bicubic"},
+    "lite0-autocontrast": {**preprocess_spec("efficientnet_lite0"), "autocontrast": 1.0},
 }
 SIZES = [(10, 8), (31, 17), (224, 224), (225, 223), (223, 225), (257, 256), (1000, 200), (200, 1000),
          (640, 480), (1920, 1080), (3024, 4032), (4032, 3024)]
@@ -44,6 +46,31 @@ def assert_parity(image: Image.Image, spec: dict) -> None:
 @pytest.mark.parametrize("spec", SPECS, ids=str)
 def test_sizes(size, spec):
     assert_parity(photo(size), SPECS[spec])
+
+
+@pytest.mark.parametrize("cutoff", [0.0, 1.0, 5.0])
+def test_autocontrast_stretches_a_dim_frame_on_both_sides(cutoff):
+    dim = Image.fromarray((np.asarray(photo((640, 480), seed=2)) * 0.2 + 10).astype(np.uint8))
+    spec = {**SPECS["lite0"], "autocontrast": cutoff}
+    assert_parity(dim, spec)
+    plain = preprocess(dim, Preprocess(**{**SPECS["lite0"], "mean": (0.5,) * 3, "std": (0.5,) * 3}))
+    stretched = preprocess(dim, Preprocess(**{**spec, "mean": (0.5,) * 3, "std": (0.5,) * 3}))
+    assert stretched.std() > 3 * plain.std()
+
+
+@pytest.mark.parametrize("cutoff", [-1, 50, "1", True, float("inf")])
+def test_bundle_refuses_an_autocontrast_that_is_not_a_percent(tiny_bundle, tmp_path, cutoff):
+    raw = json.loads(tiny_bundle.read_text())
+    raw["preprocess"]["autocontrast"] = cutoff
+    (tmp_path / raw["onnx"]).write_bytes((tiny_bundle.parent / raw["onnx"]).read_bytes())
+    path = tmp_path / "ac.json"
+    path.write_text(json.dumps(raw).replace("Infinity", "1e999"))
+    with pytest.raises(BundleError, match="autocontrast"):
+        load_bundle(path)
+
+
+def test_bundle_without_autocontrast_has_none(tiny_bundle):
+    assert load_bundle(tiny_bundle).preprocess.autocontrast is None
 
 
 def with_mode(mode: str) -> Image.Image:

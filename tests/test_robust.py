@@ -71,6 +71,11 @@ def test_suite_scores_a_predictor_that_only_sees_colour():
     assert result["summary"]["no_object_uncertain"]["n"] == 2 * len(backgrounds.NO_OBJECT)
     assert result["no_object"]["empty_grass"]["uncertain"] == 1  # grass is not red
     assert result["no_object"]["over_exposed"]["uncertain"] == 0  # white is red enough: a real miss
+    # Per picture, so two suites on the same pictures pair: 5 contrast severities, 8 surfaces.
+    per = result["per_picture"]
+    assert np.array(per["corruptions"]).shape == (4, 5) and np.array(per["backgrounds"]).shape == (4, 8)
+    assert np.array(per["clean"]).shape == (4, 1) and np.array(per["clean"]).all()
+    assert np.mean(per["corruptions"]) == pytest.approx(result["summary"]["corruption_mean"]["accuracy"])
 
 
 def test_outlier_exposure_pushes_no_object_frames_to_uniform():

@@ -1,4 +1,4 @@
-"""`python -m training {split,fit,evaluate,compare,folds,cv,robustness,wise} --help`."""
+"""`python -m training {split,fit,evaluate,compare,folds,cv,pair,robustness,wise} --help`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import compare, cv, data, recipes, robustness
+from . import compare, cv, data, pair, recipes, robustness
 from . import wise as wise_ft
 from .models import VIEWS
 from .train import calibrate_and_report, get_args_parser, main
@@ -50,8 +50,17 @@ def cli(argv=None) -> int:
     cvp.add_argument("--size", type=int, help="input size for all (default: each fold's first network's)")
     cvp.add_argument("--views", type=int, choices=VIEWS, default=1,
                      help="average each network over flips: 1 none, 2 and the mirror, 4 and upside down too")
+    cvp.add_argument("--autocontrast", type=float, metavar="PERCENT",
+                     help="stretch each crop by its luma histogram first, PERCENT clipped at each end")
     cvp.add_argument("--out", type=Path, help="folder for cv.md and cv.json")
-    cvp.set_defaults(run=lambda a: cv.run(a.recipe, a.data, a.size, a.out, a.views))
+    cvp.set_defaults(run=lambda a: cv.run(a.recipe, a.data, a.size, a.out, a.views, a.autocontrast))
+    pr = sub.add_parser("pair", help="two cv.json or two suite results on the same pictures, paired")
+    pr.add_argument("a", type=Path)
+    pr.add_argument("b", type=Path)
+    pr.add_argument("--name-a", help="A's recipe, where its cv.json holds several")
+    pr.add_argument("--name-b", help="B's recipe, where its cv.json holds several")
+    pr.add_argument("--part", choices=pair.PARTS, default="clean", help="which part of two suite results")
+    pr.set_defaults(run=lambda a: pair.main(a.a, a.b, a.name_a, a.name_b, a.part))
     rob = sub.add_parser("robustness", help="the robustness suite on a checkpoint's held-out pictures")
     rob.add_argument("checkpoint", type=Path)
     rob.add_argument("--data", type=Path, required=True)

@@ -25,14 +25,16 @@ SPLITS = ("val", "test")
 
 
 def probabilities(model: torch.nn.Module, ckpt: dict, data_root: Path, sizes: list[int],
-                  splits: tuple[str, ...] = SPLITS, views: int = 1) -> dict:
-    """{(size, split): (probabilities, targets)} for one network, averaged over `views` flips."""
+                  splits: tuple[str, ...] = SPLITS, views: int = 1, autocontrast: float | None = None) -> dict:
+    """{(size, split): (probabilities, targets)} for one network, averaged over `views` flips;
+    with `autocontrast`, each crop is stretched first (presets.AutoContrast)."""
     manifest = data.read_manifest(ckpt["manifest"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a lent GPU scores folds there
     model = (Views(model, views) if views > 1 else model).to(device)
     out = {}
     for size in sizes:
-        tf = presets.eval_preset(**spec_at_size(ckpt["preprocess"], size))
+        spec = spec_at_size(ckpt["preprocess"], size)
+        tf = presets.eval_preset(**(spec if autocontrast is None else {**spec, "autocontrast": autocontrast}))
         for split in splits:
             images = data.ImageList(data_root, data.split_of(manifest, split), tf)
             logits, targets = predict(model, DataLoader(images, batch_size=32, num_workers=1), device)

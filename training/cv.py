@@ -81,8 +81,8 @@ def write_folds(manifest_path: Path, data_root: Path, k: int, seed: int, out: Pa
     return paths
 
 
-def out_of_fold(checkpoints: list[Path], data_root: Path, size: int | None,
-                classes: list[str], views: int = 1) -> tuple[dict, list[int], int]:
+def out_of_fold(checkpoints: list[Path], data_root: Path, size: int | None, classes: list[str],
+                views: int = 1, autocontrast: float | None = None) -> tuple[dict, list[int], int]:
     """One recipe's pooled val predictions {path: (probabilities, target)}, its folds and k.
 
     Checkpoints trained on the same fold are averaged (an ensemble recipe, as export
@@ -109,7 +109,8 @@ def out_of_fold(checkpoints: list[Path], data_root: Path, size: int | None,
     pooled = {}
     for fold, members in sorted(by_fold.items()):
         at = size or members[0][1]["preprocess"]["crop"]
-        runs = [probabilities(model, ckpt, data_root, [at], ("val",), views)[at, "val"] for model, ckpt in members]
+        runs = [probabilities(model, ckpt, data_root, [at], ("val",), views, autocontrast)[at, "val"]
+                for model, ckpt in members]
         mean = torch.stack([p for p, _ in runs]).mean(0)
         pooled.update({p: (mean[i], int(runs[0][1][i])) for i, p in enumerate(val_paths[fold])})
     k = ks.pop()
@@ -249,21 +250,23 @@ def markdown(scores: dict, pairs: dict, classes: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(recipes: list[list[str]], data_root: Path, size: int | None, out: Path | None, views: int = 1) -> dict:
+def run(recipes: list[list[str]], data_root: Path, size: int | None, out: Path | None, views: int = 1,
+        autocontrast: float | None = None) -> dict:
     """recipes: [[NAME, CHECKPOINT, ...], ...] as `--recipe` gives them."""
     pooled, folds, classes = {}, {}, None
     for name, *paths in recipes:
         if not paths:
             raise ValueError(f"recipe {name} names no checkpoint")
         classes = classes or load_checkpoint(Path(paths[0]))[1]["classes"]
-        pooled[name], present, k = out_of_fold([Path(p) for p in paths], data_root, size, classes, views)
+        pooled[name], present, k = out_of_fold([Path(p) for p in paths], data_root, size, classes, views,
+                                               autocontrast)
         folds[name] = {"folds": present, "k": k}
     scores = {name: {**recipe_scores(p, classes), **folds[name]} for name, p in pooled.items()}
     names = list(pooled)
     pairs = {f"{a} vs {b}": paired(pooled[a], pooled[b]) for i, a in enumerate(names) for b in names[i + 1:]}
     table = markdown(scores, pairs, classes)
     log.info("\n%s", table)
-    result = {"size": size, "views": views, "floor": RECALL_FLOOR, "classes": classes,
+    result = {"size": size, "views": views, "autocontrast": autocontrast, "floor": RECALL_FLOOR, "classes": classes,
               "recipes": {n: [str(p) for p in r[1:]] for n, r in zip(names, recipes)},
               "scores": scores, "paired": pairs,
               # Every out-of-fold probability, so later questions need no rerun of the fits.

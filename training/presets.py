@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from PIL import ImageOps
 from scipy import ndimage
 from torchvision import transforms as T
 from torchvision.io import decode_jpeg, encode_jpeg
@@ -125,11 +126,25 @@ def no_object_preset(crop: int, mean, std) -> T.Compose:
     return T.Compose([T.ColorJitter(0.3, 0.3, 0.3, 0.03), T.ToTensor(), T.Normalize(mean, std)])
 
 
+class AutoContrast(torch.nn.Module):
+    """Pillow's autocontrast on a PIL image, one table from its luma histogram (hue kept):
+    undoes a camera's gain and offset (dim light, low contrast) at the cost of a histogram."""
+
+    def __init__(self, cutoff: float):
+        super().__init__()
+        self.cutoff = cutoff
+
+    def forward(self, image):
+        return ImageOps.autocontrast(image, cutoff=self.cutoff, preserve_tone=True)
+
+
 def eval_preset(resize: int = constants.RESIZE, crop: int = constants.CROP, mean=constants.IMAGENET_MEAN,
-                std=constants.IMAGENET_STD, interpolation: str = constants.INTERPOLATION) -> T.Compose:
+                std=constants.IMAGENET_STD, interpolation: str = constants.INTERPOLATION,
+                autocontrast: float | None = None) -> T.Compose:
     return T.Compose([
         T.Resize(resize, interpolation=InterpolationMode(interpolation)),
         T.CenterCrop(crop),
+        *([AutoContrast(autocontrast)] if autocontrast is not None else []),
         T.ToTensor(),
         T.Normalize(mean, std),
     ])

@@ -133,17 +133,23 @@ def run_suite(predict: Predict, images: list[Image.Image], targets: np.ndarray, 
     clean = _batched(predict, images)
     result = {"clean": score(clean, targets), "uncertain_below": uncertain_below, "corruptions": {},
               "backgrounds": {}, "no_object": {}}
+    # Right or wrong for every picture and copy, so two runs can be paired picture by picture.
+    right = {"clean": [clean.argmax(1) == targets], "corruptions": [], "backgrounds": []}
     scaled = [np.asarray(at_scale(im, resize)) for im in images]
     for name in corruptions:
         per = []
         for severity in range(1, SEVERITIES + 1):
             batch = [Image.fromarray(corrupt(x, name, severity, rng)) for x in scaled]
-            per.append(score(_batched(predict, batch), targets))
+            probs = _batched(predict, batch)
+            per.append(score(probs, targets))
+            right["corruptions"].append(probs.argmax(1) == targets)
         result["corruptions"][name] = {"severities": per, "accuracy": float(np.mean([p["accuracy"] for p in per]))}
         log.info("corruption %-15s mean accuracy %.4f", name, result["corruptions"][name]["accuracy"])
     for surface in backgrounds.SUITE:
         swapped = [swap_background(im, surface, rng) for im in images]
-        entry = score(_batched(predict, [im for im, _ in swapped]), targets)
+        probs = _batched(predict, [im for im, _ in swapped])
+        entry = score(probs, targets)
+        right["backgrounds"].append(probs.argmax(1) == targets)
         entry["mean_share_swapped"] = float(np.mean([share for _, share in swapped]))
         result["backgrounds"][surface] = entry
         log.info("background %-10s accuracy %.4f", surface, entry["accuracy"])
@@ -154,6 +160,7 @@ def run_suite(predict: Predict, images: list[Image.Image], targets: np.ndarray, 
         low, high = stats.wilson(hits, len(conf))
         result["no_object"][kind] = {"uncertain": hits / len(conf), "n": len(conf), "ci95": [low, high]}
     result["summary"] = summary(result)
+    result["per_picture"] = {part: np.stack(h, 1).astype(int).tolist() for part, h in right.items() if h}
     return result
 
 

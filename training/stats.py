@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 
@@ -42,3 +43,19 @@ def mcnemar(only_a: int, only_b: int) -> float:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
     return min(1.0, 2 * tail)
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, z: float = 1.96) -> dict:
+    """A against B, right (1) or wrong (0) on the same pictures, each row one picture and its
+    copies (a corruption suite's 35): the mean difference with a normal 95% interval over
+    pictures, since copies of one picture are not independent of each other."""
+    a, b = np.asarray(a, float).reshape(len(a), -1), np.asarray(b, float).reshape(len(b), -1)
+    if a.shape != b.shape or not len(a):
+        raise ValueError(f"cannot pair {a.shape} with {b.shape}")
+    d = a.mean(1) - b.mean(1)
+    half = z * math.sqrt(d.var() / len(d))
+    only_a, only_b = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
+    return {"pictures": len(d), "copies": a.shape[1], "a_accuracy": float(a.mean()), "b_accuracy": float(b.mean()),
+            "difference": float(d.mean()), "ci95": [float(d.mean() - half), float(d.mean() + half)],
+            "only_a": only_a, "only_b": only_b,
+            "mcnemar_p": mcnemar(only_a, only_b) if a.shape[1] == 1 else None}

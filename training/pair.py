@@ -1,0 +1,62 @@
+"""Two results on the same pictures, paired: `python -m training pair A.json B.json`.
+
+Either two `cv.json` (out-of-fold predictions; --name picks a recipe where a file holds
+several) or two suite `robustness.json` of one split (--part: clean, corruptions or
+backgrounds). The difference of A and B has an interval over pictures (stats.paired_difference).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from . import stats
+
+log = logging.getLogger(__name__)
+PARTS = ("clean", "corruptions", "backgrounds")
+
+
+def _recipe(result: dict, name: str | None, path: Path) -> dict:
+    predictions = result["predictions"]
+    if name is None and len(predictions) == 1:
+        return next(iter(predictions.values()))
+    if name not in predictions:
+        raise ValueError(f"{path} holds recipes {', '.join(predictions)}: name one")
+    return predictions[name]
+
+
+def out_of_fold_hits(a: dict, b: dict) -> tuple[np.ndarray, np.ndarray]:
+    common = sorted(set(a) & set(b))
+    if not common:
+        raise ValueError("the two results share no picture")
+
+    def right(p: dict) -> np.ndarray:
+        return np.array([int(np.argmax(p[k]["probabilities"])) == p[k]["target"] for k in common], int)
+
+    return right(a), right(b)
+
+
+def suite_hits(a: dict, b: dict, part: str) -> tuple[np.ndarray, np.ndarray]:
+    if a.get("split") != b.get("split") or a["clean"]["n"] != b["clean"]["n"]:
+        raise ValueError("the two suites were not run on the same pictures")
+    if "per_picture" not in a or "per_picture" not in b:
+        raise ValueError("a suite result without per-picture hits: run it again")
+    return np.array(a["per_picture"][part]), np.array(b["per_picture"][part])
+
+
+def main(a_path: Path, b_path: Path, name_a: str | None = None, name_b: str | None = None,
+         part: str = "clean") -> dict:
+    a, b = (json.loads(Path(p).read_text()) for p in (a_path, b_path))
+    if "predictions" in a and "predictions" in b:
+        hits = out_of_fold_hits(_recipe(a, name_a, a_path), _recipe(b, name_b, b_path))
+    elif "per_picture" in a or "per_picture" in b or "corruptions" in a:
+        hits = suite_hits(a, b, part)
+    else:
+        raise ValueError("pair takes two cv.json or two robustness.json")
+    result = {"a": str(a_path), "b": str(b_path), "part": part if "corruptions" in a else "out_of_fold",
+              **stats.paired_difference(*hits)}
+    print(json.dumps(result, indent=1))
+    return result
