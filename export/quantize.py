@@ -37,10 +37,13 @@ def _flush_every(n_batches: int) -> int | None:
 
 
 def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, input_name: str = "image",
-                  batch: int = BATCH) -> dict:
+                  batch: int = BATCH, weight_bits: int | None = None) -> dict:
+    """`weight_bits` 7 or 8; None: 7 where the CPU has no VNNI, else 8."""
+    if weight_bits not in (None, 7, 8):
+        raise ValueError(f"int8 weights take 7 or 8 bits, not {weight_bits}")
     prepared = out.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-    reduce_range = not has_vnni()
+    reduce_range = not has_vnni() if weight_bits is None else weight_bits == 7
     batches = [calibration[i:i + batch] for i in range(0, len(calibration), batch)]
     quantize_static(
         str(prepared), str(out), _Reader(batches, input_name),
@@ -54,5 +57,6 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, input_name: st
         extra_options={"CalibMaxIntermediateOutputs": _flush_every(len(batches))},
     )
     prepared.unlink(missing_ok=True)
-    return {"format": "QDQ", "per_channel": True, "reduce_range": reduce_range, "activations": "uint8",
+    return {"format": "QDQ", "per_channel": True, "reduce_range": reduce_range,
+            "weight_bits": 7 if reduce_range else 8, "activations": "uint8",
             "weights": "int8", "calibration": "minmax", "calibration_images": int(len(calibration))}

@@ -170,6 +170,36 @@ def test_cv_with_autocontrast_stretches_each_crop_and_pairs_with_plain(fold_fits
     assert pair["ci95"][0] <= pair["difference"] <= pair["ci95"][1]
 
 
+def test_export_oof_runs_each_fold_graph_as_served_on_its_own_held_out_pictures(fold_fits, fitted, tmp_path,
+                                                                               capsys, caplog):
+    from export.oof import get_args_parser, main
+
+    root, runs = fold_fits
+    folds = [str(runs["a", 0]), str(runs["a", 1])]
+    args = get_args_parser().parse_args([*folds, "--data", str(root), "--out", str(tmp_path / "oof")])
+    (tmp_path / "oof").mkdir()
+    assert main(args) == 0
+    result = json.loads((tmp_path / "oof" / "cv.json").read_text())
+    assert set(result["predictions"]) == {"fp32", "int8-7bit", "int8-8bit"}
+    assert cli(["cv", "--recipe", "a", *folds, "--data", str(root), "--out", str(tmp_path / "cv")]) == 0
+    torch_cv = json.loads((tmp_path / "cv" / "cv.json").read_text())["predictions"]["a"]
+    fp32 = result["predictions"]["fp32"]
+    assert set(fp32) == set(torch_cv)  # every held-out picture once, by the network that never trained on it
+    for path, p in torch_cv.items():
+        assert fp32[path]["target"] == p["target"]
+        assert fp32[path]["probabilities"] == pytest.approx(p["probabilities"], abs=1e-3)
+    capsys.readouterr()
+    assert cli(["pair", str(tmp_path / "oof" / "cv.json"), str(tmp_path / "oof" / "cv.json"),
+                "--name-a", "int8-8bit", "--name-b", "fp32"]) == 0
+    assert json.loads(capsys.readouterr().out)["pictures"] == len(fp32)
+    run, _ = fitted  # trained on a plain split, not a fold: refused with one line
+    args = get_args_parser().parse_args([str(run / "best.pt"), "--data", str(root), "--out", str(tmp_path / "x")])
+    (tmp_path / "x").mkdir()
+    with caplog.at_level(logging.ERROR):
+        assert main(args) == 2
+    assert "not trained on a fold manifest" in caplog.text
+
+
 def test_paired_difference_counts_a_picture_once_however_many_copies():
     a = [[1, 1, 1, 1], [0, 0, 0, 0], [1, 0, 1, 0]]
     b = [[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
