@@ -200,6 +200,17 @@ def test_export_oof_runs_each_fold_graph_as_served_on_its_own_held_out_pictures(
     assert "not trained on a fold manifest" in caplog.text
 
 
+def test_suite_out_of_fold_pools_each_fold_network_on_its_own_pictures(fold_fits, tmp_path):
+    root, runs = fold_fits
+    assert cli(["robustness", str(runs["a", 0]), str(runs["a", 1]), "--data", str(root), "--split", "val",
+                "--size", "64", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "robustness.json").read_text())
+    held_out = sum(len(data.split_of(data.read_manifest(load_checkpoint(runs["a", i])[1]["manifest"]), "val"))
+                   for i in range(2))
+    assert result["clean"]["n"] == held_out and len(result["per_picture"]["corruptions"]) == held_out
+    assert "pooled" in (tmp_path / "robustness.md").read_text()
+
+
 def test_paired_difference_counts_a_picture_once_however_many_copies():
     a = [[1, 1, 1, 1], [0, 0, 0, 0], [1, 0, 1, 0]]
     b = [[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]

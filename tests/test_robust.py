@@ -35,13 +35,17 @@ def test_corruptions_get_worse_with_severity(name):
 def test_camera_faults_keep_the_range_and_change_the_picture():
     torch.manual_seed(0)
     image = torch.from_numpy(np.asarray(Image.open(SAMPLES[0]).convert("RGB").resize((64, 48)))).permute(2, 0, 1) / 255
-    faults = presets.CameraFaults(1.0)
-    for fault in (faults.sensor, faults.defocus, faults.jpeg, faults):
+    faults = presets.CameraFaults(1.0, presets.CameraFaults.MORE)
+    for fault in (faults.sensor, faults.defocus, faults.jpeg, faults.shake, faults.veil, faults.burn, faults):
         out = fault(image)
         assert out.shape == image.shape and 0 <= out.min() and out.max() <= 1
         assert (out - image).abs().mean() > 0.002, fault
     # a blur lowers the high frequencies; p=0 leaves the picture alone
     assert faults.defocus(image).diff(dim=2).abs().mean() < image.diff(dim=2).abs().mean()
+    assert faults.shake(image).diff(dim=2).abs().mean() < image.diff(dim=2).abs().mean()
+    assert faults.veil(image).std() < image.std() and faults.burn(image).mean() > image.mean()
+    with pytest.raises(ValueError, match="camera faults take"):
+        presets.CameraFaults(1.0, ("sensor", "fog"))
     assert torch.equal(presets.CameraFaults(0.0)(image), image)
     assert any(isinstance(t, presets.CameraFaults) for t in presets.train_preset(32, [0.5] * 3, [0.2] * 3).transforms)
 
@@ -76,6 +80,28 @@ def test_suite_scores_a_predictor_that_only_sees_colour():
     assert np.array(per["corruptions"]).shape == (4, 5) and np.array(per["backgrounds"]).shape == (4, 8)
     assert np.array(per["clean"]).shape == (4, 1) and np.array(per["clean"]).all()
     assert np.mean(per["corruptions"]) == pytest.approx(result["summary"]["corruption_mean"]["accuracy"])
+
+
+def test_suites_of_two_folds_pool_into_one():
+    def predict(batch):
+        red = np.array([np.asarray(im, float)[..., 0].mean() / 255 for im in batch])
+        p0 = np.clip(red, 0.34, 1)
+        return np.stack([p0, (1 - p0) / 2, (1 - p0) / 2], 1)
+
+    red = [Image.new("RGB", (64, 48), (220, 20, 20)) for _ in range(3)]
+    grey = [Image.new("RGB", (64, 48), (120, 120, 120)) for _ in range(2)]
+    # the grey pictures are labelled class 1: wrong on every clean copy
+    runs = [robustness.run_suite(predict, images, np.full(len(images), label), 48, 0.5, corruptions=("contrast",),
+                                 no_object_per_kind=2) for images, label in ((red, 0), (grey, 1))]
+    pooled = robustness.pool(runs)
+    assert pooled["clean"]["n"] == 5 and pooled["clean"]["accuracy"] == pytest.approx(3 / 5)
+    per = np.array(pooled["per_picture"]["corruptions"])
+    assert per.shape == (5, 5)
+    assert pooled["summary"]["corruption_mean"]["accuracy"] == pytest.approx(per.mean())
+    for j, entry in enumerate(pooled["corruptions"]["contrast"]["severities"]):
+        assert entry["n"] == 5 and entry["accuracy"] == pytest.approx(per[:, j].mean())
+    assert pooled["backgrounds"]["wood"]["n"] == 5
+    assert pooled["summary"]["no_object_uncertain"]["n"] == 4 * len(backgrounds.NO_OBJECT)
 
 
 def test_outlier_exposure_pushes_no_object_frames_to_uniform():

@@ -62,13 +62,15 @@ def cli(argv=None) -> int:
     pr.add_argument("--part", choices=pair.PARTS, default="clean", help="which part of two suite results")
     pr.set_defaults(run=lambda a: pair.main(a.a, a.b, a.name_a, a.name_b, a.part))
     rob = sub.add_parser("robustness", help="the robustness suite on a checkpoint's held-out pictures")
-    rob.add_argument("checkpoint", type=Path)
+    rob.add_argument("checkpoints", type=Path, nargs="+", metavar="checkpoint",
+                     help="one, or one per fold: each on its own fold's held-out pictures (--split val), pooled")
     rob.add_argument("--data", type=Path, required=True)
     rob.add_argument("--split", choices=("val", "test"), default="val",
                      help="val to choose on; test only to report a choice already made")
     rob.add_argument("--limit", type=int, default=0, help="about this many pictures, evenly spaced (0: all)")
     rob.add_argument("--out", type=Path, required=True, help="folder for robustness.md and robustness.json")
-    rob.set_defaults(run=lambda a: robustness.main(a.checkpoint, a.data, a.split, a.out, a.limit))
+    rob.add_argument("--size", type=int, help="serve at this input size instead of the training size")
+    rob.set_defaults(run=lambda a: robustness.main(a.checkpoints, a.data, a.split, a.out, a.limit, size=a.size))
     wise = sub.add_parser("wise", help="WiSE-FT: interpolate a fine-tuned checkpoint towards its probe.pt")
     wise.add_argument("probe", type=Path)
     wise.add_argument("finetuned", type=Path)

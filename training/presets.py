@@ -64,16 +64,24 @@ class CameraFaults(torch.nn.Module):
     than this augmentation replayed.
     """
 
-    def __init__(self, p: float = 0.5):
+    # noise and dim light are drawn twice as often: they are where the network is weakest
+    KINDS = ("sensor", "sensor", "defocus", "jpeg")
+    # and what a station adds to those: a hand that shakes, a veil of glare or a smeared
+    # window, a frame burnt out by a lamp
+    MORE = (*KINDS, "shake", "veil", "burn")
+
+    def __init__(self, p: float = 0.5, kinds: tuple[str, ...] = KINDS):
         super().__init__()
-        self.p = p
+        unknown = set(kinds) - set(self.MORE)
+        if unknown or not kinds:
+            raise ValueError(f"camera faults take some of {', '.join(sorted(set(self.MORE)))}; got {kinds}")
+        self.p, self.kinds = p, tuple(kinds)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         # p = 0 draws nothing, so recipes without faults keep their random stream
         if self.p <= 0 or torch.rand(()) >= self.p:
             return image
-        # noise and dim light are drawn twice as often: they are where the network is weakest
-        fault = (self.sensor, self.sensor, self.defocus, self.jpeg)[int(torch.randint(4, ()))]
+        fault = getattr(self, self.kinds[int(torch.randint(len(self.kinds), ()))])
         return fault(image).clamp(0, 1)
 
     @staticmethod
@@ -100,9 +108,38 @@ class CameraFaults(torch.nn.Module):
         data = encode_jpeg((image.clamp(0, 1) * 255 + 0.5).to(torch.uint8), quality=quality)
         return decode_jpeg(data).float() / 255
 
+    @staticmethod
+    def shake(image: torch.Tensor) -> torch.Tensor:
+        """Camera shake: an even streak (the suite's motion blur fades along its line)."""
+        length = int(torch.randint(3, 24, ()))
+        angle = float(torch.empty(()).uniform_(0, np.pi))
+        kernel = np.zeros((length, length), np.float32)
+        t = np.linspace(-(length - 1) / 2, (length - 1) / 2, 4 * length)
+        ys = np.clip(np.round((length - 1) / 2 + t * np.sin(angle)).astype(int), 0, length - 1)
+        xs = np.clip(np.round((length - 1) / 2 + t * np.cos(angle)).astype(int), 0, length - 1)
+        kernel[ys, xs] = 1
+        weight = torch.from_numpy(kernel / kernel.sum()).expand(image.shape[0], 1, length, length)
+        padded = torch.nn.functional.pad(image[None], [length // 2, (length - 1) // 2] * 2, mode="replicate")
+        return torch.nn.functional.conv2d(padded, weight, groups=image.shape[0])[0]
+
+    @staticmethod
+    def veil(image: torch.Tensor) -> torch.Tensor:
+        """Glare or a smeared window: the frame pulled towards a flat veil of light (the
+        suite's contrast pulls towards the picture's own mean)."""
+        keep = float(torch.empty(()).uniform_(0.15, 0.7))
+        light = float(torch.empty(()).uniform_(0.3, 1.0)) * torch.empty(3, 1, 1).uniform_(0.9, 1.1)
+        return image * keep + light * (1 - keep)
+
+    @staticmethod
+    def burn(image: torch.Tensor) -> torch.Tensor:
+        """Over-exposure in linear light, highlights clipped (the suite lifts HSV value)."""
+        gain = float(torch.empty(()).uniform_(1.5, 4.0))
+        return (image.clamp(0, 1) ** 2.2 * gain).clamp(0, 1) ** (1 / 2.2)
+
 
 def train_preset(crop: int, mean, std, background_p: float = 0.5, scale_min: float = 0.35,
-                 trivial_augment: bool = False, camera_p: float = 0.0) -> T.Compose:
+                 trivial_augment: bool = False, camera_p: float = 0.0,
+                 camera_faults: tuple[str, ...] = CameraFaults.KINDS) -> T.Compose:
     # Photometric changes come after the compositing: the backdrop is found on the
     # picture as taken, and the pasted surface is jittered with the object, as a camera would.
     photometric = [T.ConvertImageDtype(torch.uint8), T.TrivialAugmentWide(interpolation=InterpolationMode.BILINEAR),
@@ -116,7 +153,7 @@ def train_preset(crop: int, mean, std, background_p: float = 0.5, scale_min: flo
         RandomBackground(background_p),
         *photometric,
         T.ColorJitter(0.3, 0.3, 0.3, 0.03),
-        CameraFaults(camera_p),
+        CameraFaults(camera_p, camera_faults),
         T.Normalize(mean, std),
     ])
 

@@ -181,6 +181,40 @@ def summary(result: dict) -> dict:
             "background_gap_points": 100 * (clean - background["accuracy"])}
 
 
+def _hits_score(right: np.ndarray) -> dict:
+    hits, n = int(right.sum()), int(right.size)
+    return {"accuracy": hits / max(n, 1), "n": n, "ci95": list(stats.wilson(hits, n))}
+
+
+def pool(results: list[dict]) -> dict:
+    """Suites of several networks, each on its own held-out pictures (one per fold), as one."""
+    per = {part: np.concatenate([np.array(r["per_picture"][part]) for r in results])
+           for part in results[0]["per_picture"]}
+    first = results[0]
+    pooled = {"clean": _hits_score(per["clean"]), "uncertain_below": [r["uncertain_below"] for r in results],
+              "corruptions": {}, "backgrounds": {}, "no_object": {}, "split": first.get("split")}
+    for i, name in enumerate(first["corruptions"]):
+        block = per["corruptions"][:, i * SEVERITIES:(i + 1) * SEVERITIES]
+        severities = [_hits_score(block[:, j]) for j in range(SEVERITIES)]
+        pooled["corruptions"][name] = {"severities": severities,
+                                       "accuracy": float(np.mean([e["accuracy"] for e in severities]))}
+    for j, surface in enumerate(first["backgrounds"]):
+        pooled["backgrounds"][surface] = {
+            **_hits_score(per["backgrounds"][:, j]),
+            "mean_share_swapped": float(np.mean([r["backgrounds"][surface]["mean_share_swapped"] for r in results]))}
+    for kind in first["no_object"]:
+        hits = sum(round(r["no_object"][kind]["uncertain"] * r["no_object"][kind]["n"]) for r in results)
+        n = sum(r["no_object"][kind]["n"] for r in results)
+        pooled["no_object"][kind] = {"uncertain": hits / n, "n": n, "ci95": list(stats.wilson(hits, n))}
+    pooled["summary"] = summary(pooled)
+    pooled["per_picture"] = {part: a.tolist() for part, a in per.items()}
+    return pooled
+
+
+def _thresholds(value) -> str:
+    return ", ".join(f"{v:.3f}" for v in value) if isinstance(value, list) else f"{value:.3f}"
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -196,7 +230,7 @@ def write(result: dict, out: Path, title: str) -> None:
     (out / "robustness.json").write_text(json.dumps(result, indent=1) + "\n")
     s = result["summary"]
     lines = [f"# Robustness suite: {title}", "", f"Split: {result.get('split', '?')}, {s['clean']['n']} pictures; "
-             f"'not sure' below {result['uncertain_below']:.3f} confidence.", "",
+             f"'not sure' below {_thresholds(result['uncertain_below'])} confidence.", "",
              "| part | score | 95% interval | n |", "| --- | --- | --- | --- |",
              f"| clean accuracy | {_pct(s['clean']['accuracy'])} | {_ci(s['clean'])} | {s['clean']['n']} |",
              f"| corruptions, mean accuracy | {_pct(s['corruption_mean']['accuracy'])} | {_ci(s['corruption_mean'])} "
@@ -221,13 +255,17 @@ def write(result: dict, out: Path, title: str) -> None:
     (out / "robustness.md").write_text("\n".join(lines) + "\n")
 
 
-def checkpoint_predictor(checkpoint: Path) -> tuple[Predict, dict, float]:
-    """A checkpoint's calibrated predict (its temperature if it has one), its spec, its threshold."""
+def checkpoint_predictor(checkpoint: Path, size: int | None = None) -> tuple[Predict, dict, float]:
+    """A checkpoint's calibrated predict (its temperature if it has one), its spec (at `size`
+    if given, the resize/crop ratio kept), its threshold."""
     from .checkpoint import load_checkpoint
     from .constants import UNCERTAIN_BELOW
+    from .models import spec_at_size
     from .presets import eval_preset
 
     model, ckpt = load_checkpoint(checkpoint)
+    if size:
+        ckpt = {**ckpt, "preprocess": spec_at_size(ckpt["preprocess"], size)}
     tf = eval_preset(**ckpt["preprocess"])
     temperature = ckpt.get("temperature", 1.0)
 
@@ -248,11 +286,17 @@ def held_out(manifest: Path, data_root: Path, split: str, limit: int = 0) -> tup
     return [data.open_rgb(Path(data_root) / rel) for rel, _ in samples], np.array([t for _, t in samples])
 
 
-def main(checkpoint: Path, data_root: Path, split: str, out: Path, limit: int = 0, seed: int = 0) -> dict:
-    predict, ckpt, threshold = checkpoint_predictor(checkpoint)
-    images, targets = held_out(ckpt["manifest"], data_root, split, limit)
-    result = run_suite(predict, images, targets, ckpt["preprocess"]["resize"], threshold, seed)
-    result["split"] = split
-    write(result, out, f"{Path(checkpoint)} on {split}")
+def main(checkpoints: list[Path], data_root: Path, split: str, out: Path, limit: int = 0, seed: int = 0,
+         size: int | None = None) -> dict:
+    """Several checkpoints: one per fold, each on its own fold's held-out pictures, pooled."""
+    results = []
+    for checkpoint in checkpoints:
+        predict, ckpt, threshold = checkpoint_predictor(checkpoint, size)
+        images, targets = held_out(ckpt["manifest"], data_root, split, limit)
+        results.append(run_suite(predict, images, targets, ckpt["preprocess"]["resize"], threshold, seed))
+        results[-1]["split"] = split
+    result = results[0] if len(results) == 1 else pool(results)
+    names = ", ".join(str(c) for c in checkpoints)
+    write(result, out, f"{names} on {split}" + (" of each, pooled" if len(results) > 1 else ""))
     log.info("robustness: %s", json.dumps({k: v for k, v in result["summary"].items() if "gap" in k}))
     return result

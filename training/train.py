@@ -65,6 +65,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--trivial-augment", action="store_true", help="TrivialAugmentWide after the compositing")
     p.add_argument("--camera-p", type=float, default=0.0,
                    help="chance of a camera fault per picture: dim light and sensor noise, defocus, JPEG")
+    p.add_argument("--camera-faults", type=lambda s: tuple(s.split(",")), default=",".join(presets.CameraFaults.KINDS),
+                   help="the faults drawn from, comma-separated, a name twice to draw it twice as often "
+                   f"(of {', '.join(sorted(set(presets.CameraFaults.MORE)))})")
     p.add_argument("--no-object-share", type=float, default=0.0,
                    help="add this many frames with no object per training picture (outlier exposure); 0: none")
     p.add_argument("--oe-weight", type=float, default=0.5, help="weight of the no-object frames' uniform loss")
@@ -105,7 +108,7 @@ def class_counts(samples, n_classes: int) -> torch.Tensor:
 
 def make_loaders(args, manifest: dict, spec: dict, distributed: bool):
     train_tf = presets.train_preset(spec["crop"], spec["mean"], spec["std"], args.background_p, args.scale_min,
-                                    args.trivial_augment, args.camera_p)
+                                    args.trivial_augment, args.camera_p, args.camera_faults)
     eval_tf = presets.eval_preset(**spec)
     n_classes = len(manifest["classes"])
     images = data.ImageList(args.data, data.split_of(manifest, "train"), train_tf, args.feedback)
