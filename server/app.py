@@ -47,6 +47,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
              bundle.name, bundle.sha256[:12], warm_ms, config.threads, config.fast_decode)
     app.extensions["ecosort"] = Classifier(runtime, config)
     metrics.MODEL.labels(bundle.name, bundle.sha256).set(1)
+    # Set now, not only after a request: a worker that has not answered yet would read 0.
+    metrics.RSS.set(metrics.resident_bytes())
     app.extensions["ecosort.gate"] = Gate(config.max_inflight, config.max_queue)
     app.extensions["ecosort.page"] = kiosk.render(PAGE.read_bytes(), kiosk.load(config.kiosk_config, bundle.classes))
     app.extensions["ecosort.openapi"] = OPENAPI.read_bytes()

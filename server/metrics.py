@@ -25,7 +25,7 @@ STAGE = Histogram("ecosort_stage_duration_seconds", "Latency of each classificat
 IN_FLIGHT = Gauge("ecosort_requests_in_flight", "Requests being served now", multiprocess_mode="livesum")
 MODEL = Gauge("ecosort_model_info", "The bundle each live worker serves (value 1)", ["name", "sha256"],
               multiprocess_mode="livemax")
-RSS = Gauge("ecosort_worker_resident_memory_bytes", "Resident memory of each worker after its last request",
+RSS = Gauge("ecosort_worker_resident_memory_bytes", "Resident memory of each worker at start and after each request",
             multiprocess_mode="liveall")
 PREDICTIONS = Counter("ecosort_predictions_total", "Predictions by label", ["label"])
 UNCERTAIN = Counter("ecosort_uncertain_total", "Predictions under the bundle's confidence threshold")

@@ -84,6 +84,18 @@ def test_refuses_inconsistent_bundle(tiny_bundle, tmp_path):
     assert "not readable JSON" in refuse(model)
 
 
+def test_a_worker_reports_its_memory_before_its_first_answer(tiny_bundle):
+    with Gunicorn(tiny_bundle, WEB_CONCURRENCY="2", GUNICORN_THREADS="1") as g:
+        deadline = time.time() + 30
+        while sum("ready in" in line for line in g.lines) < 2:  # both workers have made their app
+            assert time.time() < deadline, g.output()
+            time.sleep(0.05)
+        text = requests.get(g.url + "/metrics", timeout=5).text  # the first request: one worker has answered none
+        rss = [float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("ecosort_worker_resident_memory_bytes{")]
+        assert len(rss) == 2 and all(v > 20e6 for v in rss)
+
+
 def test_routes_and_metrics_across_workers(server):
     assert len(server.workers()) == 2
     for _ in range(20):
@@ -100,7 +112,8 @@ def test_routes_and_metrics_across_workers(server):
     assert f'ecosort_model_info{{name="tiny",sha256="{sha}"}} 1.0' in text
     rss = {line.split('pid="')[1].split('"')[0]: float(line.split()[-1]) for line in text.splitlines()
            if line.startswith("ecosort_worker_resident_memory_bytes{")}
-    assert set(rss) <= {str(p) for p in server.workers()} and len(rss) >= 1
+    # every live worker, whether or not it has answered yet (set when its app is made)
+    assert set(rss) == {str(p) for p in server.workers()}
     assert all(20e6 < v < 2e9 for v in rss.values())
 
 
