@@ -37,6 +37,7 @@ from .quantize import BATCH, quantize_int8
 
 log = logging.getLogger("export")
 ROOT = Path(__file__).resolve().parent.parent
+CALIBRATION_IMAGES = 256
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -53,7 +54,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", type=Path, help="split manifest (default: the checkpoint's)")
     p.add_argument("--parity-images", type=int, default=64, help="validation images for the parity check")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max |logit difference| allowed")
-    p.add_argument("--calibration-images", type=int, default=256, help="training images to calibrate int8")
+    p.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES,
+                   help="training images to calibrate int8")
     p.add_argument("--max-int8-loss", type=float, default=0.5, help="accuracy points int8 may lose and ship")
     p.add_argument("--no-int8", action="store_true", help="fp32 only")
     p.add_argument("--int8-weights", type=int, choices=(7, 8), help="weight bits of the int8 graph (default: 7 "
@@ -84,6 +86,16 @@ def load_arrays(root: Path, samples, spec: Preprocess) -> tuple[np.ndarray, np.n
     """Images through the server's own exact decode + preprocessing: accuracy as served."""
     arrays = [preprocess(decode((root / rel).read_bytes(), 10**9, 1), spec) for rel, _ in samples]
     return np.stack(arrays), np.array([t for _, t in samples])
+
+
+def calibration_arrays(root: Path, train, spec: Preprocess, n: int = CALIBRATION_IMAGES) -> np.ndarray:
+    """int8's calibration pictures: `n` of the training split, the same ones on every run."""
+    pick = np.random.default_rng(0).permutation(len(train))[:n]
+    return load_arrays(root, [train[i] for i in sorted(pick)], spec)[0]
+
+
+def cpu_session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), session_options(2, False, True), providers=["CPUExecutionProvider"])
 
 
 def onnx_logits(session, images: np.ndarray, batch: int = 32) -> np.ndarray:
@@ -140,7 +152,7 @@ def evaluate_variant(path: Path, val, test, classes, counts: list[int] | None, t
                      temperature: float | None = None) -> tuple[dict, ort.InferenceSession]:
     """Calibration fitted on val (prior offsets if counts are given, with tau if given; one class's
     offset if given; then temperature, unless given), measured on val and test."""
-    session = ort.InferenceSession(str(path), session_options(2, False, True), providers=["CPUExecutionProvider"])
+    session = cpu_session(path)
     val_logits, test_logits = (torch.from_numpy(onnx_logits(session, x)) for x, _ in (val, test))
     val_targets, test_targets = torch.from_numpy(val[1]), torch.from_numpy(test[1])
     adjustment = None
@@ -266,9 +278,7 @@ def main(args) -> int:
 
     quant = None
     if not args.no_int8:
-        train = split_of(manifest, "train")
-        pick = np.random.default_rng(0).permutation(len(train))[: args.calibration_images]
-        calibration, _ = load_arrays(data_root, [train[i] for i in sorted(pick)], spec)
+        calibration = calibration_arrays(data_root, split_of(manifest, "train"), spec, args.calibration_images)
         # Each view is another pass whose activations the calibrator holds: fewer images a run.
         quant = quantize_int8(work / "fp32.onnx", work / "int8.onnx", calibration,
                               batch=max(1, BATCH // args.views), weight_bits=args.int8_weights)

@@ -19,19 +19,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
-from server.runtime import session_options
 from training.cv import markdown, paired, recipe_scores
 from training.data import read_manifest, split_of
 
-from .__main__ import load_arrays, load_members, onnx_logits
+from .__main__ import calibration_arrays, cpu_session, load_arrays, load_members, onnx_logits
 from .onnx_export import static_same_padding, to_onnx
 from .quantize import quantize_int8
 
 log = logging.getLogger("export.oof")
-CALIBRATION_IMAGES = 256  # as export's default
 
 
 def graphs(checkpoint: Path, image_size: int | None, data_root: Path, work: Path,
@@ -47,9 +44,7 @@ def graphs(checkpoint: Path, image_size: int | None, data_root: Path, work: Path
         static_same_padding(exported, spec.crop)
     paths = {"fp32": work / "fp32.onnx"}
     to_onnx(exported, paths["fp32"], spec.crop)
-    train = split_of(manifest, "train")
-    pick = np.random.default_rng(0).permutation(len(train))[:CALIBRATION_IMAGES]
-    calibration, _ = load_arrays(data_root, [train[i] for i in sorted(pick)], spec)
+    calibration = calibration_arrays(data_root, split_of(manifest, "train"), spec)
     for bits in weight_bits:
         paths[f"int8-{bits}bit"] = work / f"int8-{bits}.onnx"
         quantize_int8(paths["fp32"], paths[f"int8-{bits}bit"], calibration, weight_bits=bits)
@@ -71,9 +66,7 @@ def main(args: argparse.Namespace) -> int:
                 raise ValueError(f"{checkpoint} has classes {own}, the others {classes}")
             classes = own
             for name, path in paths.items():
-                session = ort.InferenceSession(str(path), session_options(2, False, True),
-                                               providers=["CPUExecutionProvider"])
-                probs = torch.from_numpy(onnx_logits(session, images)).softmax(1)
+                probs = torch.from_numpy(onnx_logits(cpu_session(path), images)).softmax(1)
                 pooled.setdefault(name, {}).update(
                     {rel: (probs[i], int(targets[i])) for i, (rel, _) in enumerate(held_out)})
                 log.info("%s %s: %d of %d right", checkpoint, name,
