@@ -115,10 +115,10 @@ def no_object_frames(kind: str, n: int, size: tuple[int, int], seed: int) -> lis
             for _ in range(n)]
 
 
-def score(probs: np.ndarray, targets: np.ndarray) -> dict:
-    hits, n = int((probs.argmax(1) == targets).sum()), len(targets)
-    low, high = stats.wilson(hits, n)
-    return {"accuracy": hits / max(n, 1), "n": n, "ci95": [low, high]}
+def score(right: np.ndarray) -> dict:
+    """Accuracy of right-or-wrong answers, with its Wilson interval."""
+    hits, n = int(right.sum()), int(right.size)
+    return {"accuracy": hits / max(n, 1), "n": n, "ci95": list(stats.wilson(hits, n))}
 
 
 def _batched(predict: Predict, images: list[Image.Image], batch: int = 32) -> np.ndarray:
@@ -130,26 +130,23 @@ def run_suite(predict: Predict, images: list[Image.Image], targets: np.ndarray, 
               no_object_per_kind: int = NO_OBJECT_PER_KIND) -> dict:
     """Every part of the suite over `images` (held-out pictures) with their `targets`."""
     rng = np.random.default_rng(seed)
-    clean = _batched(predict, images)
-    result = {"clean": score(clean, targets), "uncertain_below": uncertain_below, "corruptions": {},
-              "backgrounds": {}, "no_object": {}}
     # Right or wrong for every picture and copy, so two runs can be paired picture by picture.
-    right = {"clean": [clean.argmax(1) == targets], "corruptions": [], "backgrounds": []}
+    right = {"clean": [_batched(predict, images).argmax(1) == targets], "corruptions": [], "backgrounds": []}
+    result = {"clean": score(right["clean"][0]), "uncertain_below": uncertain_below, "corruptions": {},
+              "backgrounds": {}, "no_object": {}}
     scaled = [np.asarray(at_scale(im, resize)) for im in images]
     for name in corruptions:
         per = []
         for severity in range(1, SEVERITIES + 1):
             batch = [Image.fromarray(corrupt(x, name, severity, rng)) for x in scaled]
-            probs = _batched(predict, batch)
-            per.append(score(probs, targets))
-            right["corruptions"].append(probs.argmax(1) == targets)
+            right["corruptions"].append(_batched(predict, batch).argmax(1) == targets)
+            per.append(score(right["corruptions"][-1]))
         result["corruptions"][name] = {"severities": per, "accuracy": float(np.mean([p["accuracy"] for p in per]))}
         log.info("corruption %-15s mean accuracy %.4f", name, result["corruptions"][name]["accuracy"])
     for surface in backgrounds.SUITE:
         swapped = [swap_background(im, surface, rng) for im in images]
-        probs = _batched(predict, [im for im, _ in swapped])
-        entry = score(probs, targets)
-        right["backgrounds"].append(probs.argmax(1) == targets)
+        right["backgrounds"].append(_batched(predict, [im for im, _ in swapped]).argmax(1) == targets)
+        entry = score(right["backgrounds"][-1])
         entry["mean_share_swapped"] = float(np.mean([share for _, share in swapped]))
         result["backgrounds"][surface] = entry
         log.info("background %-10s accuracy %.4f", surface, entry["accuracy"])
@@ -181,26 +178,21 @@ def summary(result: dict) -> dict:
             "background_gap_points": 100 * (clean - background["accuracy"])}
 
 
-def _hits_score(right: np.ndarray) -> dict:
-    hits, n = int(right.sum()), int(right.size)
-    return {"accuracy": hits / max(n, 1), "n": n, "ci95": list(stats.wilson(hits, n))}
-
-
 def pool(results: list[dict]) -> dict:
     """Suites of several networks, each on its own held-out pictures (one per fold), as one."""
     per = {part: np.concatenate([np.array(r["per_picture"][part]) for r in results])
            for part in results[0]["per_picture"]}
     first = results[0]
-    pooled = {"clean": _hits_score(per["clean"]), "uncertain_below": [r["uncertain_below"] for r in results],
+    pooled = {"clean": score(per["clean"]), "uncertain_below": [r["uncertain_below"] for r in results],
               "corruptions": {}, "backgrounds": {}, "no_object": {}, "split": first.get("split")}
     for i, name in enumerate(first["corruptions"]):
         block = per["corruptions"][:, i * SEVERITIES:(i + 1) * SEVERITIES]
-        severities = [_hits_score(block[:, j]) for j in range(SEVERITIES)]
+        severities = [score(block[:, j]) for j in range(SEVERITIES)]
         pooled["corruptions"][name] = {"severities": severities,
                                        "accuracy": float(np.mean([e["accuracy"] for e in severities]))}
     for j, surface in enumerate(first["backgrounds"]):
         pooled["backgrounds"][surface] = {
-            **_hits_score(per["backgrounds"][:, j]),
+            **score(per["backgrounds"][:, j]),
             "mean_share_swapped": float(np.mean([r["backgrounds"][surface]["mean_share_swapped"] for r in results]))}
     for kind in first["no_object"]:
         hits = sum(round(r["no_object"][kind]["uncertain"] * r["no_object"][kind]["n"]) for r in results)
