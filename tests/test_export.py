@@ -3,6 +3,7 @@
 import json
 import logging
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -281,3 +282,20 @@ def test_teacher_outputs_feed_a_distilled_fit(lite_bundle, fitted, dataset, tmp_
                  "--distill-alpha", "0.5", "--no-object-share", "0.5", "--max-steps", "2", "--no-report")
     ckpt = torch.load(tmp_path / "kd" / "best.pt", weights_only=False)
     assert result["val"]["acc"] >= 0 and ckpt["args"]["teacher"] == str(out)
+
+
+def test_int8_keeps_named_nodes_in_fp32_and_takes_another_calibration(lite_bundle, tmp_path):
+    from export.quantize import quantize_int8
+
+    fp32 = [p for p in lite_bundle.parent.glob("*.json") if load_bundle(p).metrics["precision"] == "fp32"][0]
+    graph = onnx.load(str(fp32.with_suffix(".onnx"))).graph
+    gemm = next(n.name for n in graph.node if n.op_type == "Gemm")
+    calibration = np.random.default_rng(0).uniform(-1, 1, (16, 3, 64, 64)).astype(np.float32)
+    info = quantize_int8(fp32.with_suffix(".onnx"), tmp_path / "q.onnx", calibration, weight_bits=7,
+                         keep_fp32=(gemm,), method="percentile")
+    assert info["fp32_nodes"] == [gemm] and info["calibration"] == "percentile"
+    quantized = onnx.load(str(tmp_path / "q.onnx")).graph
+    kept = next(n for n in quantized.node if n.op_type == "Gemm")
+    made = {o for n in quantized.node if n.op_type == "DequantizeLinear" for o in n.output}
+    assert kept.input[1] not in made  # its weight is the float initializer, not a dequantised one
+    assert any(n.op_type == "Conv" and n.input[1] in made for n in quantized.node)

@@ -219,3 +219,18 @@ def test_outlier_exposure_reads_soft_targets_as_hard_ones():
     from training.engine import hard_labels
 
     assert torch.equal(hard_labels(as_soft), hard)
+
+
+def test_autocontrast_in_training_stretches_every_picture_and_travels_with_the_checkpoint(dataset, tmp_path):
+    from export.__main__ import load_members
+
+    dim = Image.fromarray((np.asarray(Image.open(SAMPLES[0]).convert("RGB").resize((64, 48))) * 0.3).astype(np.uint8))
+    torch.manual_seed(0)
+    plain, stretched = (presets.train_preset(32, [0.5] * 3, [0.5] * 3, 0.0, autocontrast=a)(dim) for a in (None, 1.0))
+    assert stretched.max() - stretched.min() > 1.8 > plain.max() - plain.min()
+    frame = Image.new("RGB", (32, 32), (60, 60, 60))
+    frame.paste((70, 70, 70), (0, 0, 16, 32))
+    assert presets.no_object_preset(32, [0.5] * 3, [0.5] * 3, 1.0)(frame).std() > 0.5
+    fit(dataset, tmp_path, "--autocontrast", "1", "--max-steps", "1")
+    _, (ckpt,), spec = load_members([tmp_path / "best.pt"], None)
+    assert ckpt["preprocess"]["autocontrast"] == 1.0 and spec.autocontrast == 1.0

@@ -139,7 +139,7 @@ class CameraFaults(torch.nn.Module):
 
 def train_preset(crop: int, mean, std, background_p: float = 0.5, scale_min: float = 0.35,
                  trivial_augment: bool = False, camera_p: float = 0.0,
-                 camera_faults: tuple[str, ...] = CameraFaults.KINDS) -> T.Compose:
+                 camera_faults: tuple[str, ...] = CameraFaults.KINDS, autocontrast: float | None = None) -> T.Compose:
     # Photometric changes come after the compositing: the backdrop is found on the
     # picture as taken, and the pasted surface is jittered with the object, as a camera would.
     photometric = [T.ConvertImageDtype(torch.uint8), T.TrivialAugmentWide(interpolation=InterpolationMode.BILINEAR),
@@ -154,13 +154,17 @@ def train_preset(crop: int, mean, std, background_p: float = 0.5, scale_min: flo
         *photometric,
         T.ColorJitter(0.3, 0.3, 0.3, 0.03),
         CameraFaults(camera_p, camera_faults),
+        # last, as the server stretches the crop it is given, faults and all
+        *([T.ToPILImage(), AutoContrast(autocontrast), T.ToTensor()] if autocontrast is not None else []),
         T.Normalize(mean, std),
     ])
 
 
-def no_object_preset(crop: int, mean, std) -> T.Compose:
+def no_object_preset(crop: int, mean, std, autocontrast: float | None = None) -> T.Compose:
     """For frames with no object (training.data.NoObjectFrames): colour noise only."""
-    return T.Compose([T.ColorJitter(0.3, 0.3, 0.3, 0.03), T.ToTensor(), T.Normalize(mean, std)])
+    return T.Compose([T.ColorJitter(0.3, 0.3, 0.3, 0.03),
+                      *([AutoContrast(autocontrast)] if autocontrast is not None else []),
+                      T.ToTensor(), T.Normalize(mean, std)])
 
 
 class AutoContrast(torch.nn.Module):

@@ -68,6 +68,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--camera-faults", type=lambda s: tuple(s.split(",")), default=",".join(presets.CameraFaults.KINDS),
                    help="the faults drawn from, comma-separated, a name twice to draw it twice as often "
                    f"(of {', '.join(sorted(set(presets.CameraFaults.MORE)))})")
+    p.add_argument("--autocontrast", type=float, metavar="PERCENT",
+                   help="stretch every training picture and evaluated crop by its luma histogram, this percent "
+                   "cut at each end (presets.AutoContrast); kept in the checkpoint's preprocessing, so the "
+                   "bundle's server does the same")
     p.add_argument("--no-object-share", type=float, default=0.0,
                    help="add this many frames with no object per training picture (outlier exposure); 0: none")
     p.add_argument("--oe-weight", type=float, default=0.5, help="weight of the no-object frames' uniform loss")
@@ -108,7 +112,7 @@ def class_counts(samples, n_classes: int) -> torch.Tensor:
 
 def make_loaders(args, manifest: dict, spec: dict, distributed: bool):
     train_tf = presets.train_preset(spec["crop"], spec["mean"], spec["std"], args.background_p, args.scale_min,
-                                    args.trivial_augment, args.camera_p, args.camera_faults)
+                                    args.trivial_augment, args.camera_p, args.camera_faults, spec.get("autocontrast"))
     eval_tf = presets.eval_preset(**spec)
     n_classes = len(manifest["classes"])
     images = data.ImageList(args.data, data.split_of(manifest, "train"), train_tf, args.feedback)
@@ -118,7 +122,8 @@ def make_loaders(args, manifest: dict, spec: dict, distributed: bool):
     train_set = soft(images, teacher, args, n_classes)
     if args.no_object_share:
         frames = data.NoObjectFrames(round(args.no_object_share * len(images)), spec["crop"],
-                                     presets.no_object_preset(spec["crop"], spec["mean"], spec["std"]), args.seed)
+                                     presets.no_object_preset(spec["crop"], spec["mean"], spec["std"],
+                                                              spec.get("autocontrast")), args.seed)
         train_set = ConcatDataset([train_set, soft(frames, teacher, args, n_classes)])
         # a frame is drawn as often as an average picture
         weights = torch.cat([weights, weights.mean().expand(len(frames))])
@@ -211,6 +216,8 @@ def main(args) -> dict:
     spec = preprocess_spec(args.backbone)
     if args.image_size:
         spec.update(resize=args.image_size, crop=args.image_size)
+    if args.autocontrast is not None:
+        spec["autocontrast"] = args.autocontrast
 
     device = torch.device(args.device)
     # channels_last: faster on CPU too for these depthwise-separable networks.
