@@ -112,6 +112,9 @@ def test_cv_pools_every_picture_once_and_pairs_recipes(fold_fits, tmp_path):
     pair = result["paired"]["a vs b"]
     assert pair["n"] == n
     assert pair["difference"] == pytest.approx(a["accuracy"] - result["scores"]["b"]["accuracy"])
+    # each pair carries its 95% interval over pictures (stats.paired_difference)
+    lo, hi = pair["ci95"]
+    assert lo <= pair["difference"] <= hi and (lo < hi or pair["only_a"] + pair["only_b"] == 0)
     assert result["scores"]["ab"]["n"] == n  # two networks per fold: averaged, not counted twice
     assert "| a vs b |" in (tmp_path / "cv.md").read_text()
     # Step 4's recall floor, recomputed from the stored out-of-fold probabilities.

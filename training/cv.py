@@ -195,14 +195,13 @@ def recall_floor(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]
 
 
 def paired(a: dict, b: dict) -> dict:
-    """A against B on the pictures both scored: the difference and McNemar's p."""
+    """A against B on the pictures both scored: the difference, its 95% interval and McNemar's p."""
     common = sorted(set(a) & set(b))
-    right_a = [int(a[p][0].argmax()) == a[p][1] for p in common]
-    right_b = [int(b[p][0].argmax()) == b[p][1] for p in common]
-    only_a = sum(x and not y for x, y in zip(right_a, right_b))
-    only_b = sum(y and not x for x, y in zip(right_a, right_b))
-    return {"n": len(common), "only_a": only_a, "only_b": only_b,
-            "difference": (only_a - only_b) / max(len(common), 1), "p": stats.mcnemar(only_a, only_b)}
+    if not common:
+        raise ValueError("the two sets of predictions share no picture")
+    d = stats.paired_difference(*(np.array([int(r[p][0].argmax()) == r[p][1] for p in common], float) for r in (a, b)))
+    return {"n": d["pictures"], "only_a": d["only_a"], "only_b": d["only_b"], "difference": d["difference"],
+            "ci95": d["ci95"], "p": d["mcnemar_p"]}
 
 
 def markdown(scores: dict, pairs: dict, classes: list[str]) -> str:
@@ -243,9 +242,10 @@ def markdown(scores: dict, pairs: dict, classes: list[str]) -> str:
                      f"{pct(sel['accuracy'])} ({pct(sel['ci'][0])}-{pct(sel['ci'][1])}) | "
                      f"{pct(sel['at_90_coverage']['accuracy'])} | " + " | ".join(precision) + " |")
     if pairs:
-        lines += ["", "| A vs B | pictures | only A right | only B right | A - B | McNemar p |",
+        lines += ["", "| A vs B | pictures | only A right | only B right | A - B (95% interval) | McNemar p |",
                   "| --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| {key} | {p['n']} | {p['only_a']} | {p['only_b']} | {100 * p['difference']:+.2f} pts | "
+        lines += [f"| {key} | {p['n']} | {p['only_a']} | {p['only_b']} | {100 * p['difference']:+.2f} pts "
+                  f"({100 * p['ci95'][0]:+.2f} to {100 * p['ci95'][1]:+.2f}) | "
                   f"{'< 0.001' if p['p'] < 0.001 else format(p['p'], '.3f')} |" for key, p in pairs.items()]
     return "\n".join(lines) + "\n"
 
