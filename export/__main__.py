@@ -94,8 +94,13 @@ def calibration_arrays(root: Path, train, spec: Preprocess, n: int = CALIBRATION
     return load_arrays(root, [train[i] for i in sorted(pick)], spec)[0]
 
 
-def cpu_session(path: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), session_options(2, False, True), providers=["CPUExecutionProvider"])
+def cpu_session(path: Path, fused: bool = True) -> ort.InferenceSession:
+    """`fused` False: no graph optimisation, so a QDQ graph runs its QuantizeLinear and
+    DequantizeLinear as written and its convolutions in fp32, no integer kernel's shortcut."""
+    options = session_options(2, False, True)
+    if not fused:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def onnx_logits(session, images: np.ndarray, batch: int = 32) -> np.ndarray:

@@ -65,8 +65,11 @@ def main(args: argparse.Namespace) -> int:
             if classes not in (None, own):
                 raise ValueError(f"{checkpoint} has classes {own}, the others {classes}")
             classes = own
-            for name, path in paths.items():
-                probs = torch.from_numpy(onnx_logits(cpu_session(path), images)).softmax(1)
+            runs = [(name, path, True) for name, path in paths.items()]
+            if args.unfused:
+                runs += [(f"{name}-unfused", path, False) for name, path in paths.items() if name != "fp32"]
+            for name, path, fused in runs:
+                probs = torch.from_numpy(onnx_logits(cpu_session(path, fused), images)).softmax(1)
                 pooled.setdefault(name, {}).update(
                     {rel: (probs[i], int(targets[i])) for i, (rel, _) in enumerate(held_out)})
                 log.info("%s %s: %d of %d right", checkpoint, name,
@@ -97,6 +100,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="dataset folder of the fold manifests")
     p.add_argument("--int8-weights", type=lambda s: [int(b) for b in s.split(",")], default=[7, 8],
                    help="weight bits of the int8 graphs to build, comma-separated (default 7,8)")
+    p.add_argument("--unfused", action="store_true", help="also run each int8 graph with graph optimisations "
+                   "off (`<name>-unfused`): the QDQ arithmetic as written, as a CPU with VNNI computes it, "
+                   "without this CPU's 16-bit shortcut")
     p.add_argument("--out", type=Path, required=True, help="folder for cv.json and cv.md")
     return p
 

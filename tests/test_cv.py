@@ -179,11 +179,17 @@ def test_export_oof_runs_each_fold_graph_as_served_on_its_own_held_out_pictures(
 
     root, runs = fold_fits
     folds = [str(runs["a", 0]), str(runs["a", 1])]
-    args = get_args_parser().parse_args([*folds, "--data", str(root), "--out", str(tmp_path / "oof")])
+    args = get_args_parser().parse_args([*folds, "--data", str(root), "--out", str(tmp_path / "oof"), "--unfused"])
     (tmp_path / "oof").mkdir()
     assert main(args) == 0
     result = json.loads((tmp_path / "oof" / "cv.json").read_text())
-    assert set(result["predictions"]) == {"fp32", "int8-7bit", "int8-8bit"}
+    assert set(result["predictions"]) == {"fp32", "int8-7bit", "int8-8bit", "int8-7bit-unfused", "int8-8bit-unfused"}
+    # 7-bit weights cannot saturate the 16-bit sums, so the integer kernel computes what the
+    # QDQ graph says, as the unfused run does in fp32
+    fused, unfused = (result["predictions"][n] for n in ("int8-7bit", "int8-7bit-unfused"))
+    gap = max(abs(a - b) for path in fused
+              for a, b in zip(fused[path]["probabilities"], unfused[path]["probabilities"]))
+    assert 0 < gap < 0.05
     assert cli(["cv", "--recipe", "a", *folds, "--data", str(root), "--out", str(tmp_path / "cv")]) == 0
     torch_cv = json.loads((tmp_path / "cv" / "cv.json").read_text())["predictions"]["a"]
     fp32 = result["predictions"]["fp32"]
