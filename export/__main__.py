@@ -60,6 +60,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-int8", action="store_true", help="fp32 only")
     p.add_argument("--int8-weights", type=int, choices=(7, 8), help="weight bits of the int8 graph (default: 7 "
                    "where the CPU has no VNNI, whose u8s8 kernel can saturate 16-bit sums, else 8)")
+    p.add_argument("--int8-bias-correction", action="store_true", help="correct each convolution's bias for "
+                   "the mean shift of its rounded weights (export.biascorrect)")
     p.add_argument("--uncertain-below", type=float, help="answer only at or above this calibrated confidence "
                    "(default: the lowest threshold whose answered val pictures are --answered-accuracy right)")
     p.add_argument("--temperature", type=float, help="calibrate with this temperature instead of fitting one on val "
@@ -286,7 +288,8 @@ def main(args) -> int:
         calibration = calibration_arrays(data_root, split_of(manifest, "train"), spec, args.calibration_images)
         # Each view is another pass whose activations the calibrator holds: fewer images a run.
         quant = quantize_int8(work / "fp32.onnx", work / "int8.onnx", calibration,
-                              batch=max(1, BATCH // args.views), weight_bits=args.int8_weights)
+                              batch=max(1, BATCH // args.views), weight_bits=args.int8_weights,
+                              bias_correction=args.int8_bias_correction)
         results["int8"], sessions["int8"] = evaluate_variant(work / "int8.onnx", *evaluation)
     speed = latency_ms(sessions, val[0][:1])
     shipped, reason = choose(results, speed, args.max_int8_loss)

@@ -31,8 +31,8 @@ from .quantize import quantize_int8
 log = logging.getLogger("export.oof")
 
 
-def graphs(checkpoint: Path, image_size: int | None, data_root: Path, work: Path,
-           weight_bits: list[int]) -> tuple[dict, list, tuple[np.ndarray, np.ndarray], list[str]]:
+def graphs(checkpoint: Path, image_size: int | None, data_root: Path, work: Path, weight_bits: list[int],
+           bias_correction: bool = False) -> tuple[dict, list, tuple[np.ndarray, np.ndarray], list[str]]:
     """{graph name: path} for one fold network, its fold's held-out pictures (as listed and as
     arrays) and its classes."""
     model, (ckpt,), spec = load_members([checkpoint], image_size)
@@ -48,6 +48,10 @@ def graphs(checkpoint: Path, image_size: int | None, data_root: Path, work: Path
     for bits in weight_bits:
         paths[f"int8-{bits}bit"] = work / f"int8-{bits}.onnx"
         quantize_int8(paths["fp32"], paths[f"int8-{bits}bit"], calibration, weight_bits=bits)
+        if bias_correction:
+            paths[f"int8-{bits}bit-bc"] = work / f"int8-{bits}-bc.onnx"
+            quantize_int8(paths["fp32"], paths[f"int8-{bits}bit-bc"], calibration, weight_bits=bits,
+                          bias_correction=True)
     held_out = split_of(manifest, "val")
     return paths, held_out, load_arrays(data_root, held_out, spec), ckpt["classes"]
 
@@ -61,7 +65,7 @@ def main(args: argparse.Namespace) -> int:
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
             paths, held_out, (images, targets), own = graphs(checkpoint, args.image_size, args.data, work,
-                                                             args.int8_weights)
+                                                             args.int8_weights, args.bias_correction)
             if classes not in (None, own):
                 raise ValueError(f"{checkpoint} has classes {own}, the others {classes}")
             classes = own
@@ -100,6 +104,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="dataset folder of the fold manifests")
     p.add_argument("--int8-weights", type=lambda s: [int(b) for b in s.split(",")], default=[7, 8],
                    help="weight bits of the int8 graphs to build, comma-separated (default 7,8)")
+    p.add_argument("--bias-correction", action="store_true", help="also build each int8 graph with its "
+                   "convolutions' biases corrected for their rounded weights (`<name>-bc`, export.biascorrect)")
     p.add_argument("--unfused", action="store_true", help="also run each int8 graph with graph optimisations "
                    "off (`<name>-unfused`): the QDQ arithmetic as written, as a CPU with VNNI computes it, "
                    "without this CPU's 16-bit shortcut")

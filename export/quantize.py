@@ -9,6 +9,8 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from .biascorrect import correct_biases
+
 log = logging.getLogger(__name__)
 BATCH = 8  # calibration images a run: the calibrator holds every activation of a few runs at once
 
@@ -38,13 +40,25 @@ def _flush_every(n_batches: int) -> int | None:
 
 def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, input_name: str = "image",
                   batch: int = BATCH, weight_bits: int | None = None, keep_fp32: tuple[str, ...] = (),
-                  float_bias: bool = False, widen_for_bias: bool = True, method: str = "minmax") -> dict:
+                  float_bias: bool = False, widen_for_bias: bool = True, method: str = "minmax",
+                  bias_correction: bool = False) -> dict:
     """`weight_bits` 7 or 8; None: 7 where the CPU has no VNNI, else 8. `keep_fp32`: nodes left
     unquantised; `float_bias`: biases stay float; `widen_for_bias` False: a bias too large
     for its 32-bit scale clips instead of widening its weight's scale; `method`: minmax,
-    percentile or entropy (the last two hold every activation of every calibration image)."""
+    percentile or entropy (the last two hold every activation of every calibration image);
+    `bias_correction`: quantised twice, each convolution's bias corrected in between
+    (export.biascorrect), with widen_for_bias off so the rounding corrected is the one served."""
     if weight_bits not in (None, 7, 8):
         raise ValueError(f"int8 weights take 7 or 8 bits, not {weight_bits}")
+    options = dict(input_name=input_name, batch=batch, weight_bits=weight_bits, keep_fp32=keep_fp32,
+                   float_bias=float_bias, method=method)
+    if bias_correction:
+        corrected = out.with_suffix(".corrected.onnx")
+        quantize_int8(fp32, out, calibration, widen_for_bias=False, **options)
+        n = correct_biases(fp32, out, calibration, corrected, input_name, batch)
+        info = quantize_int8(corrected, out, calibration, widen_for_bias=False, **options)
+        corrected.unlink(missing_ok=True)
+        return {**info, "bias_correction": n}
     prepared = out.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
     reduce_range = not has_vnni() if weight_bits is None else weight_bits == 7
@@ -66,4 +80,5 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, input_name: st
     return {"format": "QDQ", "per_channel": True, "reduce_range": reduce_range,
             "weight_bits": 7 if reduce_range else 8, "activations": "uint8",
             "weights": "int8", "calibration": method, "calibration_images": int(len(calibration)),
-            "fp32_nodes": sorted(keep_fp32), "float_bias": float_bias, "widen_for_bias": widen_for_bias}
+            "fp32_nodes": sorted(keep_fp32), "float_bias": float_bias, "widen_for_bias": widen_for_bias,
+            "bias_correction": 0}

@@ -179,11 +179,13 @@ def test_export_oof_runs_each_fold_graph_as_served_on_its_own_held_out_pictures(
 
     root, runs = fold_fits
     folds = [str(runs["a", 0]), str(runs["a", 1])]
-    args = get_args_parser().parse_args([*folds, "--data", str(root), "--out", str(tmp_path / "oof"), "--unfused"])
+    args = get_args_parser().parse_args([*folds, "--data", str(root), "--out", str(tmp_path / "oof"), "--unfused",
+                                         "--int8-weights", "7", "--bias-correction"])
     (tmp_path / "oof").mkdir()
     assert main(args) == 0
     result = json.loads((tmp_path / "oof" / "cv.json").read_text())
-    assert set(result["predictions"]) == {"fp32", "int8-7bit", "int8-8bit", "int8-7bit-unfused", "int8-8bit-unfused"}
+    assert set(result["predictions"]) == {"fp32", "int8-7bit", "int8-7bit-bc", "int8-7bit-unfused",
+                                          "int8-7bit-bc-unfused"}
     # 7-bit weights cannot saturate the 16-bit sums, so the integer kernel computes what the
     # QDQ graph says, as the unfused run does in fp32
     fused, unfused = (result["predictions"][n] for n in ("int8-7bit", "int8-7bit-unfused"))
@@ -199,7 +201,7 @@ def test_export_oof_runs_each_fold_graph_as_served_on_its_own_held_out_pictures(
         assert fp32[path]["probabilities"] == pytest.approx(p["probabilities"], abs=1e-3)
     capsys.readouterr()
     assert cli(["pair", str(tmp_path / "oof" / "cv.json"), str(tmp_path / "oof" / "cv.json"),
-                "--name-a", "int8-8bit", "--name-b", "fp32"]) == 0
+                "--name-a", "int8-7bit-bc", "--name-b", "fp32"]) == 0
     assert json.loads(capsys.readouterr().out)["pictures"] == len(fp32)
     run, _ = fitted  # trained on a plain split, not a fold: refused with one line
     args = get_args_parser().parse_args([str(run / "best.pt"), "--data", str(root), "--out", str(tmp_path / "x")])
