@@ -39,26 +39,23 @@ def _flush_every(n_batches: int) -> int | None:
 
 
 def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, input_name: str = "image",
-                  batch: int = BATCH, weight_bits: int | None = None, keep_fp32: tuple[str, ...] = (),
-                  float_bias: bool = False, widen_for_bias: bool = True, method: str = "minmax",
-                  bias_correction: bool = False) -> dict:
-    """`weight_bits` 7 or 8; None: 7 where the CPU has no VNNI, else 8. `keep_fp32`: nodes left
-    unquantised; `float_bias`: biases stay float; `widen_for_bias` False: a bias too large
-    for its 32-bit scale clips instead of widening its weight's scale; `method`: minmax,
-    percentile or entropy (the last two hold every activation of every calibration image);
-    `bias_correction`: quantised twice, each convolution's bias corrected in between
-    (export.biascorrect), with widen_for_bias off so the rounding corrected is the one served."""
+                  batch: int = BATCH, weight_bits: int | None = None, bias_correction: bool = False,
+                  widen_for_bias: bool = True) -> dict:
+    """`weight_bits` 7 or 8; None: 7 where the CPU has no VNNI, else 8. `bias_correction`:
+    quantised twice, each convolution's bias corrected in between (export.biascorrect).
+    `widen_for_bias` False: a bias too large for its 32-bit scale clips instead of widening
+    its weight's scale; bias correction sets it, so that the rounding corrected is the one
+    served."""
     if weight_bits not in (None, 7, 8):
         raise ValueError(f"int8 weights take 7 or 8 bits, not {weight_bits}")
-    options = dict(input_name=input_name, batch=batch, weight_bits=weight_bits, keep_fp32=keep_fp32,
-                   float_bias=float_bias, method=method)
+    options = dict(input_name=input_name, batch=batch, weight_bits=weight_bits)
     if bias_correction:
         corrected = out.with_suffix(".corrected.onnx")
         quantize_int8(fp32, out, calibration, widen_for_bias=False, **options)
         n = correct_biases(fp32, out, calibration, corrected, input_name, batch)
         info = quantize_int8(corrected, out, calibration, widen_for_bias=False, **options)
         corrected.unlink(missing_ok=True)
-        return {**info, "bias_correction": n}
+        return {**info, "bias_corrected_convs": n}
     prepared = out.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
     reduce_range = not has_vnni() if weight_bits is None else weight_bits == 7
@@ -71,14 +68,12 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, input_name: st
         # percentile calibrator keeps every activation of every image (OOM at 24 GB for
         # Lite2 x 256 images); Lite's ReLU6 bounds activations anyway, which is what
         # percentile clipping would be for.
-        calibrate_method=CalibrationMethod[method.title().replace("Minmax", "MinMax")],
-        nodes_to_exclude=list(keep_fp32),
-        extra_options={"CalibMaxIntermediateOutputs": _flush_every(len(batches)), "QuantizeBias": not float_bias,
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"CalibMaxIntermediateOutputs": _flush_every(len(batches)),
                        "QDQDisableWeightAdjustForInt32Bias": not widen_for_bias},
     )
     prepared.unlink(missing_ok=True)
     return {"format": "QDQ", "per_channel": True, "reduce_range": reduce_range,
             "weight_bits": 7 if reduce_range else 8, "activations": "uint8",
-            "weights": "int8", "calibration": method, "calibration_images": int(len(calibration)),
-            "fp32_nodes": sorted(keep_fp32), "float_bias": float_bias, "widen_for_bias": widen_for_bias,
-            "bias_correction": 0}
+            "weights": "int8", "calibration": "minmax", "calibration_images": int(len(calibration)),
+            "widen_for_bias": widen_for_bias, "bias_corrected_convs": 0}

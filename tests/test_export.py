@@ -284,23 +284,6 @@ def test_teacher_outputs_feed_a_distilled_fit(lite_bundle, fitted, dataset, tmp_
     assert result["val"]["acc"] >= 0 and ckpt["args"]["teacher"] == str(out)
 
 
-def test_int8_keeps_named_nodes_in_fp32_and_takes_another_calibration(lite_bundle, tmp_path):
-    from export.quantize import quantize_int8
-
-    fp32 = [p for p in lite_bundle.parent.glob("*.json") if load_bundle(p).metrics["precision"] == "fp32"][0]
-    graph = onnx.load(str(fp32.with_suffix(".onnx"))).graph
-    gemm = next(n.name for n in graph.node if n.op_type == "Gemm")
-    calibration = np.random.default_rng(0).uniform(-1, 1, (16, 3, 64, 64)).astype(np.float32)
-    info = quantize_int8(fp32.with_suffix(".onnx"), tmp_path / "q.onnx", calibration, weight_bits=7,
-                         keep_fp32=(gemm,), method="percentile")
-    assert info["fp32_nodes"] == [gemm] and info["calibration"] == "percentile"
-    quantized = onnx.load(str(tmp_path / "q.onnx")).graph
-    kept = next(n for n in quantized.node if n.op_type == "Gemm")
-    made = {o for n in quantized.node if n.op_type == "DequantizeLinear" for o in n.output}
-    assert kept.input[1] not in made  # its weight is the float initializer, not a dequantised one
-    assert any(n.op_type == "Conv" and n.input[1] in made for n in quantized.node)
-
-
 def test_bias_correction_takes_the_mean_shift_of_rounded_weights_off_the_biases(lite_bundle, tmp_path):
     from export.__main__ import cpu_session, onnx_logits
     from export.biascorrect import correct_biases, dequantized_weights
@@ -311,12 +294,13 @@ def test_bias_correction_takes_the_mean_shift_of_rounded_weights_off_the_biases(
     calibration = np.random.default_rng(0).uniform(-1, 1, (32, 3, 64, 64)).astype(np.float32)
     plain = quantize_int8(fp32, tmp_path / "plain.onnx", calibration, weight_bits=7, widen_for_bias=False)
     fixed = quantize_int8(fp32, tmp_path / "fixed.onnx", calibration, weight_bits=7, bias_correction=True)
-    assert plain["bias_correction"] == 0 and fixed["bias_correction"] > 10
+    assert plain["bias_corrected_convs"] == 0 and fixed["bias_corrected_convs"] > 10
     # the weights served are the same; only the biases moved
     for a, b in zip(dequantized_weights(tmp_path / "plain.onnx").values(),
                     dequantized_weights(tmp_path / "fixed.onnx").values()):
         assert np.array_equal(a, b)
-    assert correct_biases(fp32, tmp_path / "plain.onnx", calibration, tmp_path / "c.onnx") == fixed["bias_correction"]
+    assert correct_biases(fp32, tmp_path / "plain.onnx", calibration,
+                          tmp_path / "c.onnx") == fixed["bias_corrected_convs"]
     reference = onnx_logits(cpu_session(fp32), calibration)
     shift = [np.abs((onnx_logits(cpu_session(tmp_path / f"{n}.onnx"), calibration) - reference).mean(0)).mean()
              for n in ("plain", "fixed")]
