@@ -28,6 +28,12 @@ def lite_bundle(fitted, tmp_path_factory):
     return out
 
 
+def graph_of(lite_bundle, precision: str):
+    """The ONNX graph of the bundle beside `lite_bundle` built at this precision."""
+    bundle = next(p for p in lite_bundle.parent.glob("*.json") if load_bundle(p).metrics["precision"] == precision)
+    return bundle.with_suffix(".onnx")
+
+
 def test_lite0_bundle_files_and_parity(lite_bundle):
     folder = lite_bundle.parent
     names = sorted(p.name for p in folder.iterdir())
@@ -49,8 +55,7 @@ def test_lite0_bundle_files_and_parity(lite_bundle):
 
 
 def test_onnx_graph_is_static_and_checked(lite_bundle):
-    fp32 = [p for p in lite_bundle.parent.glob("*.json") if load_bundle(p).metrics["precision"] == "fp32"][0]
-    model = onnx.load(str(fp32.with_suffix(".onnx")))
+    model = onnx.load(str(graph_of(lite_bundle, "fp32")))
     onnx.checker.check_model(model)
     ops = [n.op_type for n in model.graph.node]
     assert "Shape" not in ops, "dynamic 'same' padding left in the graph"
@@ -60,10 +65,10 @@ def test_onnx_graph_is_static_and_checked(lite_bundle):
 
 
 def test_int8_is_quantized(lite_bundle):
-    int8 = [p for p in lite_bundle.parent.glob("*.json") if load_bundle(p).metrics["precision"] == "int8"][0]
-    ops = {n.op_type for n in onnx.load(str(int8.with_suffix(".onnx"))).graph.node}
+    int8 = graph_of(lite_bundle, "int8")
+    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    quant = json.loads(int8.read_text())["metrics"]["quantization"]
+    quant = json.loads(int8.with_suffix(".json").read_text())["metrics"]["quantization"]
     assert quant["format"] == "QDQ" and quant["per_channel"] is True
 
 
@@ -289,8 +294,7 @@ def test_bias_correction_takes_the_mean_shift_of_rounded_weights_off_the_biases(
     from export.biascorrect import correct_biases, dequantized_weights
     from export.quantize import quantize_int8
 
-    fp32 = [p for p in lite_bundle.parent.glob("*.json") if load_bundle(p).metrics["precision"] == "fp32"][0]
-    fp32 = fp32.with_suffix(".onnx")
+    fp32 = graph_of(lite_bundle, "fp32")
     calibration = np.random.default_rng(0).uniform(-1, 1, (32, 3, 64, 64)).astype(np.float32)
     plain = quantize_int8(fp32, tmp_path / "plain.onnx", calibration, weight_bits=7, widen_for_bias=False)
     fixed = quantize_int8(fp32, tmp_path / "fixed.onnx", calibration, weight_bits=7, bias_correction=True)
