@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from server.bundle import VNNI_FLAGS, cpu_flags
 from server.config import Config
 
 from . import http, report
@@ -51,7 +52,9 @@ def environment(threads: int) -> dict:
         versions["torch"] = torch.__version__
     except ImportError:
         pass
-    return {"cpu": cpu, "cores": CORES, "threads": threads, "versions": versions,
+    # Whether 8-bit int8 graphs are served here or give way to their fp32 graph (server.bundle).
+    vnni = sorted(cpu_flags() & set(VNNI_FLAGS))
+    return {"cpu": cpu, "cores": CORES, "vnni": vnni, "threads": threads, "versions": versions,
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 

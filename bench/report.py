@@ -45,6 +45,7 @@ def _fmt(v, digits=2) -> str:
 def markdown(results: dict, command: str) -> str:
     env = results.get("environment", {})
     lines = [f"Made by `{command}` on {env.get('when')}: {env.get('cpu')}, {env.get('cores')} cores, "
+             f"VNNI {', '.join(env.get('vnni') or ['none'])}, "
              f"versions {env.get('versions')}.", ""]
     if results.get("targets"):
         lines += ["| target | measured | goal | met |", "| --- | --- | --- | --- |"]

@@ -33,7 +33,7 @@ from training.selective import choose_threshold, curve_points, risk_coverage
 from training.train import class_counts
 
 from .onnx_export import OPSET, Ensemble, output_name, parity, static_same_padding, to_onnx
-from .quantize import BATCH, quantize_int8
+from .quantize import BATCH, quantize_int8, requires
 
 log = logging.getLogger("export")
 ROOT = Path(__file__).resolve().parent.parent
@@ -311,6 +311,7 @@ def main(args) -> int:
                      "graph": graph,
                      "shipped": shipped, "decision": reason, "quantization": quant if precision == "int8" else None},
             provenance={**provenance(ckpts, args.checkpoints, manifest_path), "views": args.views},
+            requires=requires(quant, f"{fp32_name(args.out.name, shipped)}.json") if precision == "int8" else None,
         )
         write_bundle(bundle, args.out.parent / f"{name}.json")
         log.info("wrote %s", args.out.parent / f"{name}.json")
@@ -322,6 +323,10 @@ def main(args) -> int:
         log.info("report in %s", args.report)
     shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def fp32_name(name: str, shipped: str) -> str:
+    return name if shipped == "fp32" else f"{name}-fp32"
 
 
 def offsets(result: dict) -> tuple[float, ...] | None:

@@ -9,6 +9,8 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from server.bundle import VNNI_FLAGS, Requires, cpu_flags
+
 from .biascorrect import correct_biases
 
 log = logging.getLogger(__name__)
@@ -17,11 +19,13 @@ BATCH = 8  # calibration images a run: the calibrator holds every activation of 
 
 def has_vnni() -> bool:
     """Without VNNI, u8s8 dot products can saturate: quantise weights to 7 bits (reduce_range)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags or "amx_int8" in flags
+    return bool(cpu_flags() & set(VNNI_FLAGS))
+
+
+def requires(info: dict, fp32_json: str) -> Requires | None:
+    """8-bit weights are right only where u8s8 sums do not saturate: such a bundle names
+    the fp32 graph of the same network for every other CPU."""
+    return Requires(VNNI_FLAGS, fp32_json) if info["weight_bits"] == 8 else None
 
 
 class _Reader(CalibrationDataReader):

@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 
 from . import kiosk
-from .bundle import BundleError, load_bundle
+from .bundle import BundleError, for_this_cpu, load_bundle
 from .config import Config
 from .runtime import Runtime
 
 
 def check(model: Path) -> str:
-    bundle = load_bundle(model, verify_sha256=False)  # Runtime verifies the bytes it loads
+    bundle = for_this_cpu(load_bundle(model, verify_sha256=False), verify_sha256=False)  # Runtime verifies
     runtime = Runtime(bundle, threads=1)
     runtime.warm_up(runs=1)
     kiosk.load(Config.from_env().kiosk_config, bundle.classes)  # a bad station file stops the start too

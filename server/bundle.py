@@ -6,8 +6,10 @@ class names, input shape and preprocessing numbers from here, never from its own
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,6 +17,10 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+# CPU flags whose u8s8 dot products sum in 32 bits: int8 graphs with full 8-bit weights
+# compute there what they say; elsewhere 16-bit pair sums can saturate.
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+log = logging.getLogger(__name__)
 
 
 class BundleError(ValueError):
@@ -44,6 +50,15 @@ class Calibration:
 
 
 @dataclass(frozen=True)
+class Requires:
+    """The graph is right only on a CPU with one of these flags; `otherwise` names the
+    bundle beside this one (the same network, another graph) to serve on any other CPU."""
+
+    cpu_flags_any: tuple[str, ...]
+    otherwise: str
+
+
+@dataclass(frozen=True)
 class InputSpec:
     name: str
     shape: tuple[int | None, int, int, int]  # [batch (None = dynamic), 3, height, width]
@@ -61,6 +76,7 @@ class Bundle:
     output: str = "logits"
     metrics: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    requires: Requires | None = None
     schema_version: int = SCHEMA_VERSION
     folder: Path = field(default=Path("."), compare=False)
 
@@ -118,6 +134,18 @@ def _input(raw: Any, crop: int) -> InputSpec:
     return InputSpec(raw["name"], tuple(shape))
 
 
+def _requires(raw: Any) -> Requires | None:
+    if raw is None:
+        return None
+    _require(isinstance(raw, dict), "requires must be null or an object")
+    flags, otherwise = raw.get("cpu_flags_any"), raw.get("otherwise")
+    _require(isinstance(flags, list) and flags and all(isinstance(f, str) and f for f in flags),
+             "requires.cpu_flags_any must list at least one CPU flag")
+    _require(isinstance(otherwise, str) and otherwise.endswith(".json") and Path(otherwise).name == otherwise,
+             "requires.otherwise must name a bundle JSON beside this one")
+    return Requires(tuple(flags), otherwise)
+
+
 def parse_bundle(raw: Any, folder: Path) -> Bundle:
     """Validate a bundle dict; raise BundleError naming the first thing wrong."""
     _require(isinstance(raw, dict), "bundle JSON must be an object")
@@ -146,7 +174,8 @@ def parse_bundle(raw: Any, folder: Path) -> Bundle:
         name=raw["name"], onnx=raw["onnx"], sha256=raw["sha256"].lower(), classes=tuple(classes),
         input=_input(raw.get("input"), preprocess.crop), preprocess=preprocess, calibration=calibration,
         output=raw.get("output", "logits"), metrics=raw.get("metrics", {}), provenance=raw.get("provenance", {}),
-        schema_version=raw.get("schema_version", SCHEMA_VERSION), folder=folder,
+        requires=_requires(raw.get("requires")), schema_version=raw.get("schema_version", SCHEMA_VERSION),
+        folder=folder,
     )
 
 
@@ -166,6 +195,32 @@ def load_bundle(path: str | Path, verify_sha256: bool = True) -> Bundle:
     if verify_sha256:
         read_model(bundle)
     return bundle
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags as Linux names them; none where /proc/cpuinfo is not there."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return frozenset(line.partition(":")[2].split())
+
+
+def for_this_cpu(bundle: Bundle, flags: frozenset[str] | None = None, verify_sha256: bool = True) -> Bundle:
+    """The bundle to serve on this CPU: this one, or the one it names for a CPU without the
+    flags its graph needs. That one must run anywhere and answer in the same classes."""
+    needs = bundle.requires
+    flags = cpu_flags() if flags is None else flags
+    if needs is None or flags & set(needs.cpu_flags_any):
+        return bundle
+    other = load_bundle(bundle.folder / needs.otherwise, verify_sha256)
+    _require(other.requires is None, f"{needs.otherwise}, served where {bundle.name} cannot be, has needs of its own")
+    _require(other.classes == bundle.classes, f"{needs.otherwise} has other classes than {bundle.name}")
+    log.warning("this CPU has none of %s, which %s needs: serving %s instead",
+                ", ".join(needs.cpu_flags_any), bundle.name, other.name)
+    return other
 
 
 def read_model(bundle: Bundle) -> bytes:

@@ -70,6 +70,10 @@ def test_int8_is_quantized(lite_bundle):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     quant = json.loads(int8.with_suffix(".json").read_text())["metrics"]["quantization"]
     assert quant["format"] == "QDQ" and quant["per_channel"] is True
+    # 8-bit weights saturate on a CPU without VNNI: the bundle names the fp32 graph for it
+    needs = load_bundle(int8.with_suffix(".json")).requires
+    fp32_json = graph_of(lite_bundle, "fp32").with_suffix(".json").name
+    assert (needs is not None and needs.otherwise == fp32_json) == (quant["weight_bits"] == 8)
 
 
 @pytest.mark.parametrize("variant", ["lite", "other"])
@@ -309,3 +313,33 @@ def test_bias_correction_takes_the_mean_shift_of_rounded_weights_off_the_biases(
     shift = [np.abs((onnx_logits(cpu_session(tmp_path / f"{n}.onnx"), calibration) - reference).mean(0)).mean()
              for n in ("plain", "fixed")]
     assert shift[1] < shift[0]
+
+
+@pytest.mark.parametrize("bits", [7, 8])
+def test_int8_from_an_fp32_bundle_names_its_fallback_at_8_bits(lite_bundle, fitted, dataset, tmp_path, bits):
+    from export.int8 import get_args_parser as int8_parser
+    from export.int8 import main as int8_main
+    from server.bundle import for_this_cpu
+
+    run, _ = fitted
+    source = graph_of(lite_bundle, "fp32").with_suffix(".json")
+    fp32 = load_bundle(source)
+    out = tmp_path / "shop"
+    extra = ["--int8-bias-correction"] if bits == 8 else []
+    assert int8_main(int8_parser().parse_args([
+        str(source), "--data", str(dataset), "--manifest", str(run / "split.json"), "--out", str(out),
+        "--int8-weights", str(bits), "--limit", "12", "--calibration-images", "8", *extra])) == 0
+    int8, copy = load_bundle(tmp_path / "shop.json"), load_bundle(tmp_path / "shop-fp32.json")
+    assert int8.metrics["precision"] == "int8" and int8.metrics["quantization"]["weight_bits"] == bits
+    assert (int8.metrics["quantization"]["bias_corrected_convs"] > 0) == (bits == 8)
+    assert int8.calibration == fp32.calibration and int8.classes == fp32.classes
+    assert int8.provenance["quantized_from"]["sha256"] == fp32.sha256 != int8.sha256
+    assert copy.sha256 == fp32.sha256 and copy.metrics["fallback_for"] == "shop"
+    if bits == 7:
+        assert int8.requires is None
+    else:
+        assert int8.requires.otherwise == "shop-fp32.json"
+        assert for_this_cpu(int8, frozenset({"avx512_vnni"})) is int8
+        assert for_this_cpu(int8, frozenset({"avx2"})).sha256 == fp32.sha256
+    assert create_app({"model": tmp_path / "shop.json", "ort_threads": 1}).test_client().post(
+        "/v1/classify", data=SAMPLES[0].read_bytes(), content_type="image/jpeg").status_code == 200
