@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from server.bundle import Bundle, load_bundle
+from server.bundle import Bundle, for_this_cpu, load_bundle
 from server.preprocess import preprocess
 from server.runtime import Runtime
 from training import robustness
@@ -51,7 +51,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    bundle = load_bundle(args.bundle)
+    bundle = for_this_cpu(load_bundle(args.bundle))  # the graph the server would serve on this CPU
     images, targets = robustness.held_out(args.manifest, args.data, args.split, args.limit)
     result = robustness.run_suite(bundle_predictor(bundle), images, targets, bundle.preprocess.resize,
                                   bundle.calibration.uncertain_below, args.seed)
