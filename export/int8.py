@@ -79,8 +79,11 @@ def main(args: argparse.Namespace) -> int:
                  "at batch 1", info["weight_bits"], info["bias_corrected_convs"], loss, speed["fp32"] / speed["int8"])
         folder, name = args.out.parent, args.out.name
         folder.mkdir(parents=True, exist_ok=True)
+        decision = (f"int8 ({info['weight_bits']}-bit weights) is {name}; {name}-fp32 serves where the CPU "
+                    "lacks what it needs" if info["weight_bits"] == 8 else f"int8 is {name}")
         other = dataclasses.replace(renamed(fp32, f"{name}-fp32", folder),
-                                    metrics={**fp32.metrics, "fallback_for": name})
+                                    metrics={**fp32.metrics, "shipped": "int8", "decision": decision,
+                                             "fallback_for": name})
         other.onnx_path.write_bytes(data)
         write_bundle(other, folder / f"{other.name}.json")
         onnx_path = folder / f"{name}.onnx"
@@ -88,7 +91,8 @@ def main(args: argparse.Namespace) -> int:
     int8 = dataclasses.replace(
         renamed(fp32, name, folder), sha256=sha256_file(onnx_path),
         calibration=Calibration(temperature, threshold, fp32.calibration.logit_offsets),
-        metrics={"precision": "int8", **results["int8"], "quantization": info,
+        metrics={"precision": "int8", **results["int8"], "quantization": info, "shipped": "int8",
+                 "decision": decision,
                  "variants": {k: {"val_accuracy": v["val"]["accuracy"], "test_accuracy": v["test"]["accuracy"],
                                   "latency_ms_batch1": speed[k]} for k, v in results.items()}},
         provenance={**fp32.provenance, "commit": git_commit(),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from server import create_app
-from server.bundle import load_bundle
+from server.bundle import for_this_cpu, load_bundle
 from tests.conftest import ROOT, SAMPLES, SHIPPED
 
 TRASHNET = ROOT.parent / "shared" / "data" / "trashnet" / "dataset-resized"
@@ -49,7 +49,7 @@ def test_recorded_test_accuracy_is_reproduced():
     from server.preprocess import decode, preprocess
     from server.runtime import Runtime
 
-    bundle = load_bundle(SHIPPED)
+    bundle = for_this_cpu(load_bundle(SHIPPED))  # the graph this CPU serves, and its own numbers
     runtime = Runtime(bundle, threads=2)
     items = [it for it in json.loads((ROOT / bundle.provenance["split_manifest"]).read_text())["items"]
              if it["split"] == "test"]
@@ -104,5 +104,9 @@ def test_readme_example_is_the_shipped_bundles_answer():
     body = create_app({"model": SHIPPED}).test_client().post(
         "/v1/classify", data=photo.read_bytes(), content_type="image/jpeg").get_json()
     assert f'"label": "{body["label"]}"' in example
+    if body["model"]["sha256"] != named:
+        # This CPU lacks what the shipped graph needs and serves the bundle it names: same label, other digits.
+        assert body["model"]["sha256"] == for_this_cpu(load_bundle(SHIPPED)).sha256
+        return
     assert f'"confidence": {body["confidence"]}' in example
     assert f'"uncertain": {str(body["uncertain"]).lower()}' in example
