@@ -60,8 +60,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-int8", action="store_true", help="fp32 only")
     p.add_argument("--int8-weights", type=int, choices=(7, 8), help="weight bits of the int8 graph (default: 7 "
                    "where the CPU has no VNNI, whose u8s8 kernel can saturate 16-bit sums, else 8)")
-    p.add_argument("--int8-bias-correction", action="store_true", help="correct each convolution's bias for "
-                   "the mean shift of its rounded weights (export.biascorrect)")
+    p.add_argument("--int8-bias-correction", action=argparse.BooleanOptionalAction, default=True,
+                   help="correct each convolution's bias for the mean shift of its rounded weights "
+                   "(export.biascorrect; the default since round 10 of docs/selection-rule.md)")
     p.add_argument("--uncertain-below", type=float, help="answer only at or above this calibrated confidence "
                    "(default: the lowest threshold whose answered val pictures are --answered-accuracy right)")
     p.add_argument("--temperature", type=float, help="calibrate with this temperature instead of fitting one on val "

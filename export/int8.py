@@ -36,7 +36,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="bundle path without suffix, e.g. models/ecosort")
     p.add_argument("--int8-weights", type=int, choices=(7, 8), help="weight bits (default: 7 where the CPU has "
                    "no VNNI, else 8)")
-    p.add_argument("--int8-bias-correction", action="store_true", help="export.biascorrect")
+    p.add_argument("--int8-bias-correction", action=argparse.BooleanOptionalAction, default=True,
+                   help="correct each convolution's bias for the mean shift of its rounded weights "
+                   "(export.biascorrect; the default since round 10 of docs/selection-rule.md)")
     p.add_argument("--calibration-images", type=int, default=256, help="training images to calibrate int8")
     p.add_argument("--uncertain-below", type=float, help="'not sure' threshold (default: the fp32 bundle's)")
     p.add_argument("--temperature", type=float, help="temperature (default: the fp32 bundle's)")
@@ -75,8 +77,9 @@ def main(args: argparse.Namespace) -> int:
             results[precision], sessions[precision] = evaluate_variant(work / f"{precision}.onnx", *evaluation)
         speed = latency_ms(sessions, val[0][:1])
         loss = 100 * (results["fp32"]["val"]["accuracy"] - results["int8"]["val"]["accuracy"])
-        log.info("int8 (%d-bit weights, %d convolutions bias-corrected): %.2f val points below fp32, %.2fx as fast "
-                 "at batch 1", info["weight_bits"], info["bias_corrected_convs"], loss, speed["fp32"] / speed["int8"])
+        log.info("int8 (%d-bit weights, %d convolutions bias-corrected): %+.2f val points against fp32, %.2fx as "
+                 "fast at batch 1", info["weight_bits"], info["bias_corrected_convs"], -loss,
+                 speed["fp32"] / speed["int8"])
         folder, name = args.out.parent, args.out.name
         folder.mkdir(parents=True, exist_ok=True)
         decision = (f"int8 ({info['weight_bits']}-bit weights) is {name}; {name}-fp32 serves where the CPU "

@@ -325,7 +325,7 @@ def test_int8_from_an_fp32_bundle_names_its_fallback_at_8_bits(lite_bundle, fitt
     source = graph_of(lite_bundle, "fp32").with_suffix(".json")
     fp32 = load_bundle(source)
     out = tmp_path / "shop"
-    extra = ["--int8-bias-correction"] if bits == 8 else []
+    extra = [] if bits == 8 else ["--no-int8-bias-correction"]  # bias correction is the default
     assert int8_main(int8_parser().parse_args([
         str(source), "--data", str(dataset), "--manifest", str(run / "split.json"), "--out", str(out),
         "--int8-weights", str(bits), "--limit", "12", "--calibration-images", "8", *extra])) == 0
