@@ -21,7 +21,16 @@ from server.bundle import Bundle, BundleError, Calibration, load_bundle, read_mo
 from training.constants import ANSWERED_ACCURACY
 from training.data import read_manifest, split_of
 
-from .__main__ import ROOT, calibration_arrays, evaluate_variant, git_commit, latency_ms, load_arrays
+from .__main__ import (
+    CALIBRATION_IMAGES,
+    ROOT,
+    calibration_arrays,
+    evaluate_variant,
+    fp32_name,
+    git_commit,
+    latency_ms,
+    load_arrays,
+)
 from .quantize import quantize_int8, requires
 
 log = logging.getLogger("export.int8")
@@ -39,7 +48,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8-bias-correction", action=argparse.BooleanOptionalAction, default=True,
                    help="correct each convolution's bias for the mean shift of its rounded weights "
                    "(export.biascorrect; the default since round 10 of docs/selection-rule.md)")
-    p.add_argument("--calibration-images", type=int, default=256, help="training images to calibrate int8")
+    p.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES,
+                   help="training images to calibrate int8")
     p.add_argument("--uncertain-below", type=float, help="'not sure' threshold (default: the fp32 bundle's)")
     p.add_argument("--temperature", type=float, help="temperature (default: the fp32 bundle's)")
     p.add_argument("--limit", type=int, default=0, help="evaluate on at most N images per split (tests)")
@@ -82,9 +92,10 @@ def main(args: argparse.Namespace) -> int:
                  speed["fp32"] / speed["int8"])
         folder, name = args.out.parent, args.out.name
         folder.mkdir(parents=True, exist_ok=True)
-        decision = (f"int8 ({info['weight_bits']}-bit weights) is {name}; {name}-fp32 serves where the CPU "
+        fallback = fp32_name(name, "int8")
+        decision = (f"int8 ({info['weight_bits']}-bit weights) is {name}; {fallback} serves where the CPU "
                     "lacks what it needs" if info["weight_bits"] == 8 else f"int8 is {name}")
-        other = dataclasses.replace(renamed(fp32, f"{name}-fp32", folder),
+        other = dataclasses.replace(renamed(fp32, fallback, folder),
                                     metrics={**fp32.metrics, "shipped": "int8", "decision": decision,
                                              "fallback_for": name})
         other.onnx_path.write_bytes(data)
