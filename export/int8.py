@@ -3,7 +3,8 @@
 For a network whose checkpoint is not at hand: the fp32 graph is the network. It is
 calibrated on the training split of the bundle's manifest through the bundle's own
 preprocessing and measured on val and test, as `python -m export` does. Writes NAME.json
-(int8) and NAME-fp32.json (the fp32 graph under the name the int8 bundle falls back to);
+(int8) and NAME-fp32.json (the fp32 graph, its pads folded as export writes graphs now,
+under the name the int8 bundle falls back to);
 BUNDLE may be NAME.json itself. Calibration is the fp32 bundle's unless given.
 """
 
@@ -31,6 +32,7 @@ from .__main__ import (
     latency_ms,
     load_arrays,
 )
+from .graph import with_pads_folded
 from .quantize import quantize_int8, requires
 
 log = logging.getLogger("export.int8")
@@ -78,6 +80,7 @@ def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "fp32.onnx").write_bytes(data)
+        with_pads_folded(work / "fp32.onnx", work / "fp32.onnx")  # the same logits, run faster
         info = quantize_int8(work / "fp32.onnx", work / "int8.onnx", calibration, weight_bits=args.int8_weights,
                              bias_correction=args.int8_bias_correction)
         evaluation = (val, test, list(fp32.classes), None, None, None, ANSWERED_ACCURACY, threshold,
@@ -95,10 +98,10 @@ def main(args: argparse.Namespace) -> int:
         fallback = fp32_name(name, "int8")
         decision = (f"int8 ({info['weight_bits']}-bit weights) is {name}; {fallback} serves where the CPU "
                     "lacks what it needs" if info["weight_bits"] == 8 else f"int8 is {name}")
-        other = dataclasses.replace(renamed(fp32, fallback, folder),
+        other = dataclasses.replace(renamed(fp32, fallback, folder), sha256=sha256_file(work / "fp32.onnx"),
                                     metrics={**fp32.metrics, "shipped": "int8", "decision": decision,
                                              "fallback_for": name})
-        other.onnx_path.write_bytes(data)
+        shutil.copyfile(work / "fp32.onnx", other.onnx_path)
         write_bundle(other, folder / f"{other.name}.json")
         onnx_path = folder / f"{name}.onnx"
         shutil.move(work / "int8.onnx", onnx_path)
@@ -110,7 +113,7 @@ def main(args: argparse.Namespace) -> int:
                  "variants": {k: {"val_accuracy": v["val"]["accuracy"], "test_accuracy": v["test"]["accuracy"],
                                   "latency_ms_batch1": speed[k]} for k, v in results.items()}},
         provenance={**fp32.provenance, "commit": git_commit(),
-                    "quantized_from": {"bundle": fp32.name, "sha256": fp32.sha256}},
+                    "quantized_from": {"bundle": other.name, "sha256": other.sha256}},
         requires=requires(info, f"{other.name}.json"))
     write_bundle(int8, folder / f"{name}.json")
     log.info("wrote %s and %s", folder / f"{name}.json", folder / f"{other.name}.json")

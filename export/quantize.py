@@ -6,12 +6,14 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from server.bundle import VNNI_FLAGS, Requires, cpu_flags
 
 from .biascorrect import correct_biases
+from .graph import fold_pads
 
 log = logging.getLogger(__name__)
 BATCH = 8  # calibration images a run: the calibrator holds every activation of a few runs at once
@@ -62,6 +64,10 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, input_name: st
         return {**info, "bias_corrected_convs": n}
     prepared = out.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    # A graph exported before export folded its pads: fold them here, where they are constants.
+    model = onnx.load(str(prepared))
+    if fold_pads(model):
+        onnx.save(model, str(prepared))
     reduce_range = not has_vnni() if weight_bits is None else weight_bits == 7
     batches = [calibration[i:i + batch] for i in range(0, len(calibration), batch)]
     quantize_static(

@@ -61,9 +61,8 @@ class Classifier:
         self.bundle = runtime.bundle
         spec = self.bundle.preprocess
         # The fast path decodes JPEGs at 1/2..1/8 scale, never below the resize target,
-        # then lets Pillow reduce in two steps; its cost in accuracy is in the README.
+        # then resizes only what the crop keeps; its cost in accuracy is in docs/serving.md.
         self.draft_to = spec.resize if config.fast_decode else None
-        self.reducing_gap = 3.0 if config.fast_decode else None
         self.budget = PixelBudget(config.decode_pixels)
 
     @contextmanager
@@ -79,7 +78,7 @@ class Classifier:
         t0 = time.perf_counter()
         with self.decoded(data) as image:
             t1 = time.perf_counter()
-            array = preprocess(image, self.bundle.preprocess, self.reducing_gap)
+            array = preprocess(image, self.bundle.preprocess, self.config.fast_decode)
         t2 = time.perf_counter()
         return array, {"decode": t1 - t0, "preprocess": t2 - t1}
 
