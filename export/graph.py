@@ -29,7 +29,7 @@ def constant_folded(model: onnx.ModelProto) -> onnx.ModelProto:
 def _spatial_zero_pads(node: onnx.NodeProto, inits: dict) -> list[int] | None:
     """[top, left, bottom, right] of a Pad that adds zeros on H and W only, else None."""
     mode = next((a.s for a in node.attribute if a.name == "mode"), b"constant")
-    if mode != b"constant" or node.input[1] not in inits:
+    if mode != b"constant" or len(node.input) < 2 or node.input[1] not in inits:  # opset < 11: an attribute
         return None
     if len(node.input) > 2 and node.input[2]:
         if node.input[2] not in inits or np.any(numpy_helper.to_array(inits[node.input[2]]) != 0):
