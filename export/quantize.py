@@ -6,14 +6,12 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from server.bundle import VNNI_FLAGS, Requires, cpu_flags
 
 from .biascorrect import correct_biases
-from .graph import fold_pads
 
 log = logging.getLogger(__name__)
 BATCH = 8  # calibration images a run: the calibrator holds every activation of a few runs at once
@@ -47,7 +45,8 @@ def _flush_every(n_batches: int) -> int | None:
 def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, input_name: str = "image",
                   batch: int = BATCH, weight_bits: int | None = None, bias_correction: bool = False,
                   widen_for_bias: bool = True) -> dict:
-    """`weight_bits` 7 or 8; None: 7 where the CPU has no VNNI, else 8. `bias_correction`:
+    """`fp32` as export writes graphs (pads folded, export.graph). `weight_bits` 7 or 8;
+    None: 7 where the CPU has no VNNI, else 8. `bias_correction`:
     quantised twice, each convolution's bias corrected in between (export.biascorrect).
     `widen_for_bias` False: a bias too large for its 32-bit scale clips instead of widening
     its weight's scale; bias correction sets it, so that the rounding corrected is the one
@@ -64,10 +63,6 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, input_name: st
         return {**info, "bias_corrected_convs": n}
     prepared = out.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-    # A graph exported before export folded its pads: fold them here, where they are constants.
-    model = onnx.load(str(prepared))
-    if fold_pads(model):
-        onnx.save(model, str(prepared))
     reduce_range = not has_vnni() if weight_bits is None else weight_bits == 7
     batches = [calibration[i:i + batch] for i in range(0, len(calibration), batch)]
     quantize_static(
