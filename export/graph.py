@@ -61,7 +61,7 @@ def fold_pads(model: onnx.ModelProto) -> int:
             continue
         conv, pads = users[0], _spatial_zero_pads(node, inits)
         attrs = {a.name: a for a in conv.attribute}
-        if pads is None or attrs.get("auto_pad", helper.make_attribute("auto_pad", "NOTSET")).s != b"NOTSET":
+        if pads is None or ("auto_pad" in attrs and attrs["auto_pad"].s != b"NOTSET"):
             continue
         if conv.input[0] != node.output[0]:  # the padded tensor is the Conv's weight or bias
             continue

@@ -135,6 +135,11 @@ def resized_size(width: int, height: int, resize: int) -> tuple[int, int]:
     return int(resize * width / height), resize
 
 
+def crop_origin(width: int, height: int, crop: int) -> tuple[int, int]:
+    """torchvision's CenterCrop: the left and top of the crop, rounded as it rounds."""
+    return int(round((width - crop) / 2.0)), int(round((height - crop) / 2.0))
+
+
 def center_crop(image: Image.Image, crop: int) -> np.ndarray:
     """torchvision's CenterCrop on a PIL image (zero padding when smaller), as uint8 HWC."""
     array = np.asarray(image)
@@ -143,8 +148,7 @@ def center_crop(image: Image.Image, crop: int) -> np.ndarray:
         pad_w, pad_h = max(crop - width, 0), max(crop - height, 0)
         array = np.pad(array, ((pad_h // 2, (pad_h + 1) // 2), (pad_w // 2, (pad_w + 1) // 2), (0, 0)))
         height, width = array.shape[:2]
-    top = int(round((height - crop) / 2.0))
-    left = int(round((width - crop) / 2.0))
+    left, top = crop_origin(width, height, crop)
     return array[top:top + crop, left:left + crop]
 
 
@@ -160,7 +164,7 @@ def crop_box(width: int, height: int, resize: int, crop: int) -> tuple[float, fl
     new_w, new_h = resized_size(width, height, resize)
     if crop > new_w or crop > new_h:
         return None
-    left, top = int(round((new_w - crop) / 2.0)), int(round((new_h - crop) / 2.0))
+    left, top = crop_origin(new_w, new_h, crop)
     sx, sy = width / new_w, height / new_h
     return left * sx, top * sy, (left + crop) * sx, (top + crop) * sy
 
