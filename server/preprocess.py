@@ -118,7 +118,8 @@ def load_rgb(image: Image.Image) -> Image.Image:
     try:
         image.load()
         try:
-            image = ImageOps.exif_transpose(image)
+            # In place: without an Orientation tag the copy exif_transpose makes is wasted.
+            ImageOps.exif_transpose(image, in_place=True)
         except Exception:  # noqa: BLE001 - broken EXIF: classify the pixels as stored
             pass
         return to_rgb(image)
