@@ -155,6 +155,11 @@ def test_probe_oe_and_wise_fit(dataset, tmp_path):
     assert ckpt["wise_alpha"] == 1.0 and torch.equal(model.state_dict()[key], tuned["model"][key])
     with pytest.raises(ValueError):
         wise.interpolate(probe, tuned, 1.5)
+    own, _, own_threshold = robustness.checkpoint_predictor(out)
+    sharp, _, threshold = robustness.checkpoint_predictor(out, temperature=0.5, uncertain_below=0.8)
+    assert (own_threshold, threshold) == (0.5, 0.8)
+    plain = own([Image.open(SAMPLES[0])]).astype(np.float64)
+    np.testing.assert_allclose(sharp([Image.open(SAMPLES[0])])[0], plain[0] ** 2 / (plain[0] ** 2).sum(), rtol=1e-4)
 
 
 def test_feedback_joins_the_manifest_and_never_moves(dataset, tmp_path):

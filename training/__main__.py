@@ -70,7 +70,12 @@ def cli(argv=None) -> int:
     rob.add_argument("--limit", type=int, default=0, help="about this many pictures, evenly spaced (0: all)")
     rob.add_argument("--out", type=Path, required=True, help="folder for robustness.md and robustness.json")
     rob.add_argument("--size", type=int, help="serve at this input size instead of the training size")
-    rob.set_defaults(run=lambda a: robustness.main(a.checkpoints, a.data, a.split, a.out, a.limit, size=a.size))
+    rob.add_argument("--temperature", type=float,
+                     help="divide the logits by this instead of the checkpoint's own (an out-of-fold calibration)")
+    rob.add_argument("--uncertain-below", type=float,
+                     help="'not sure' below this calibrated confidence instead of the checkpoint's own")
+    rob.set_defaults(run=lambda a: robustness.main(a.checkpoints, a.data, a.split, a.out, a.limit, size=a.size,
+                                                   temperature=a.temperature, uncertain_below=a.uncertain_below))
     wise = sub.add_parser("wise", help="WiSE-FT: interpolate a fine-tuned checkpoint towards its probe.pt")
     wise.add_argument("probe", type=Path)
     wise.add_argument("finetuned", type=Path)

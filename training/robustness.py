@@ -247,9 +247,10 @@ def write(result: dict, out: Path, title: str) -> None:
     (out / "robustness.md").write_text("\n".join(lines) + "\n")
 
 
-def checkpoint_predictor(checkpoint: Path, size: int | None = None) -> tuple[Predict, dict, float]:
-    """A checkpoint's calibrated predict (its temperature if it has one), its spec (at `size`
-    if given, the resize/crop ratio kept), its threshold."""
+def checkpoint_predictor(checkpoint: Path, size: int | None = None, temperature: float | None = None,
+                         uncertain_below: float | None = None) -> tuple[Predict, dict, float]:
+    """A checkpoint's calibrated predict (`temperature`, else its own if it has one), its spec
+    (at `size` if given, the resize/crop ratio kept), its threshold (`uncertain_below`, else its own)."""
     from .checkpoint import load_checkpoint
     from .constants import UNCERTAIN_BELOW
     from .models import spec_at_size
@@ -259,14 +260,14 @@ def checkpoint_predictor(checkpoint: Path, size: int | None = None) -> tuple[Pre
     if size:
         ckpt = {**ckpt, "preprocess": spec_at_size(ckpt["preprocess"], size)}
     tf = eval_preset(**ckpt["preprocess"])
-    temperature = ckpt.get("temperature", 1.0)
+    temperature = temperature or ckpt.get("temperature", 1.0)
 
     @torch.no_grad()
     def predict(images: list[Image.Image]) -> np.ndarray:
         batch = torch.stack([tf(im.convert("RGB")) for im in images])
         return (model(batch) / temperature).softmax(1).numpy()
 
-    return predict, ckpt, ckpt.get("uncertain_below", UNCERTAIN_BELOW)
+    return predict, ckpt, uncertain_below or ckpt.get("uncertain_below", UNCERTAIN_BELOW)
 
 
 def held_out(manifest: Path, data_root: Path, split: str, limit: int = 0) -> tuple[list[Image.Image], np.ndarray]:
@@ -279,11 +280,11 @@ def held_out(manifest: Path, data_root: Path, split: str, limit: int = 0) -> tup
 
 
 def main(checkpoints: list[Path], data_root: Path, split: str, out: Path, limit: int = 0, seed: int = 0,
-         size: int | None = None) -> dict:
+         size: int | None = None, temperature: float | None = None, uncertain_below: float | None = None) -> dict:
     """Several checkpoints: one per fold, each on its own fold's held-out pictures, pooled."""
     results = []
     for checkpoint in checkpoints:
-        predict, ckpt, threshold = checkpoint_predictor(checkpoint, size)
+        predict, ckpt, threshold = checkpoint_predictor(checkpoint, size, temperature, uncertain_below)
         images, targets = held_out(ckpt["manifest"], data_root, split, limit)
         results.append(run_suite(predict, images, targets, ckpt["preprocess"]["resize"], threshold, seed))
         results[-1]["split"] = split
