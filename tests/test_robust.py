@@ -130,6 +130,19 @@ def test_threshold_is_the_lowest_that_keeps_answers_right():
     assert [r["coverage"] for r in rows] == [2 / 3, 1.0]
 
 
+def test_stored_predictions_answered_at_a_bundles_calibration():
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.5, 0.4, 0.1], [0.2, 0.3, 0.5], [0.1, 0.8, 0.1]])
+    targets = np.array([0, 1, 2, 1])
+    everything = selective.score_at(probabilities, targets, 1.0, 0.0)
+    assert everything["coverage"] == 1.0 and everything["accuracy"] == 0.75
+    # temperature 1 leaves the probabilities as they are: 0.7 and 0.8 reach 0.6, 0.5 does not
+    assert selective.score_at(probabilities, targets, 1.0, 0.6)["answered"] == 2
+    # a temperature under 1 sharpens: 0.5 over 0.3 and 0.2 becomes 25 / 38 >= 0.6, while
+    # 0.5 over 0.4 becomes 25 / 42 < 0.6 and the one wrong answer stays 'not sure'
+    sharp = selective.score_at(probabilities, targets, 0.5, 0.6)
+    assert sharp["answered"] == 3 and sharp["accuracy"] == 1.0
+
+
 @pytest.mark.parametrize("name", sorted(p.stem for p in recipes.HERE.glob("*.toml")))
 def test_recipes_are_fit_defaults(name):
     recipe = recipes.load(name)

@@ -1,4 +1,4 @@
-"""`python -m training {split,fit,evaluate,compare,folds,cv,pair,robustness,wise} --help`."""
+"""`python -m training {split,fit,evaluate,compare,folds,cv,pair,selective,robustness,wise} --help`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import compare, cv, data, pair, recipes, robustness
+from . import compare, cv, data, pair, recipes, robustness, selective
 from . import wise as wise_ft
 from .models import VIEWS
 from .train import calibrate_and_report, get_args_parser, main
@@ -61,6 +61,12 @@ def cli(argv=None) -> int:
     pr.add_argument("--name-b", help="B's recipe, where its cv.json holds several")
     pr.add_argument("--part", choices=pair.PARTS, default="clean", help="which part of two suite results")
     pr.set_defaults(run=lambda a: pair.main(a.a, a.b, a.name_a, a.name_b, a.part))
+    sel = sub.add_parser("selective", help="a cv.json's predictions answered at a given temperature and threshold")
+    sel.add_argument("cv", type=Path, help="cv.json of `training cv` or `export.oof`")
+    sel.add_argument("--name", help="its recipe, where it holds several")
+    sel.add_argument("--temperature", type=float, required=True)
+    sel.add_argument("--uncertain-below", type=float, required=True, help="'not sure' below this confidence")
+    sel.set_defaults(run=lambda a: selective.score_file(a.cv, a.name, a.temperature, a.uncertain_below))
     rob = sub.add_parser("robustness", help="the robustness suite on a checkpoint's held-out pictures")
     rob.add_argument("checkpoints", type=Path, nargs="+", metavar="checkpoint",
                      help="one, or one per fold: each on its own fold's held-out pictures (--split val), pooled")

@@ -40,3 +40,34 @@ def curve_points(rows: list[dict], coverages=(0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.9
         row = next((r for r in rows if r["coverage"] >= c - 1e-9), rows[-1])
         out.append(row)
     return out
+
+
+def score_at(probabilities: np.ndarray, targets: np.ndarray, temperature: float, threshold: float) -> dict:
+    """Stored out-of-fold probabilities (temperature 1) answered as a bundle would: divided
+    by `temperature` in log space, 'not sure' below `threshold`. Their rounding is why
+    probabilities are floored before the log."""
+    from .stats import wilson
+
+    logits = np.log(np.clip(probabilities, 1e-6, None)) / temperature
+    calibrated = np.exp(logits - logits.max(1, keepdims=True))
+    calibrated /= calibrated.sum(1, keepdims=True)
+    answered = calibrated.max(1) >= threshold
+    right = int((calibrated.argmax(1) == targets)[answered].sum())
+    return {"pictures": len(targets), "temperature": temperature, "threshold": threshold,
+            "coverage": float(answered.mean()), "answered": int(answered.sum()),
+            "accuracy": right / max(int(answered.sum()), 1), "ci": list(wilson(right, int(answered.sum())))}
+
+
+def score_file(path, name: str | None, temperature: float, threshold: float) -> dict:
+    """`python -m training selective CV_JSON`: a cv.json's predictions at a given calibration."""
+    import json
+    from pathlib import Path
+
+    from .pair import _recipe
+
+    predictions = _recipe(json.loads(Path(path).read_text()), name, Path(path))
+    probabilities = np.array([p["probabilities"] for p in predictions.values()], np.float64)
+    targets = np.array([p["target"] for p in predictions.values()])
+    result = score_at(probabilities, targets, temperature, threshold)
+    print(json.dumps(result, indent=1))
+    return result
