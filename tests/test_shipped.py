@@ -11,6 +11,7 @@ from server import create_app
 from server.bundle import for_this_cpu, load_bundle
 from tests.conftest import ROOT, SAMPLES, SHIPPED
 
+CHOSEN_ON = ROOT / "docs" / "report" / "r15-fold2" / "oof" / "cv.json"
 TRASHNET = ROOT.parent / "shared" / "data" / "trashnet" / "dataset-resized"
 pytestmark = pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped bundle in models/")
 
@@ -63,14 +64,12 @@ def test_recorded_test_accuracy_is_reproduced():
 
 
 def chosen_out_of_fold(bundle) -> tuple[dict, dict]:
-    """The out-of-fold run a bundle's threshold was chosen on: its recipe's fold networks as
-    PyTorch scores them (`training cv`), or for int8 their int8 graphs as served (`export.oof`)."""
+    """The out-of-fold run a bundle's threshold was chosen on (docs/selection-rule.md, round
+    15): the shipped recipe's fold-2 network, each of its graphs as served (`export.oof`)."""
+    cv = json.loads(CHOSEN_ON.read_text())
     if bundle.metrics["precision"] == "fp32":
-        cv = json.loads((ROOT / "docs" / "report" / "cv" / "cv.json").read_text())
-        (scores,) = cv["scores"].values()
-        return cv, scores["selective"]
+        return cv, cv["scores"]["fp32"]["selective"]
     quant = bundle.metrics["quantization"]
-    cv = json.loads((ROOT / "docs" / "report" / "oof-int8" / "cv.json").read_text())
     name = f"int8-{quant['weight_bits']}bit" + ("-bc" if quant["bias_corrected_convs"] else "")
     return cv, cv["scores"][name]["selective"]
 
@@ -86,7 +85,8 @@ def test_threshold_is_the_one_chosen_out_of_fold():
         assert bundle.calibration.uncertain_below == bundle.metrics["selective"]["threshold"] == chosen["threshold"]
         # and under the temperature it was chosen with, or it cuts somewhere else
         assert bundle.calibration.temperature == chosen["temperature"]
-        assert chosen["accuracy"] >= chosen["target_accuracy"] and chosen["answered"] > 1000
+        # on one fold's 713 pictures: enough answered that 98% rests on more than a handful
+        assert chosen["accuracy"] >= chosen["target_accuracy"] and chosen["answered"] > 300
 
 
 def test_frames_with_no_object_are_not_sure():
