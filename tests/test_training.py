@@ -239,6 +239,19 @@ def test_no_report_trains_without_the_test_images(fitted, dataset, tmp_path):
     assert metrics["test"]["n"] == sum(it["split"] == "test" for it in manifest["items"]) > 0
 
 
+def test_last_epoch_is_kept_beside_the_best(dataset, tmp_path):
+    import torch
+
+    from tests.conftest import fit
+
+    fit(dataset, tmp_path / "l", "--epochs", "2", "--max-steps", "1", "--no-report")
+    history = json.loads((tmp_path / "l" / "history.json").read_text())
+    last = torch.load(tmp_path / "l" / "last.pt", map_location="cpu", weights_only=False)
+    best = torch.load(tmp_path / "l" / "best.pt", map_location="cpu", weights_only=False)
+    assert len(history) == 2 and last["epoch"] == 1 and best["epoch"] in (0, 1)
+    assert last["classes"] == best["classes"]
+
+
 def test_time_limit_stops_between_epochs(dataset, tmp_path):
     from tests.conftest import fit
 

@@ -1,4 +1,4 @@
-"""`python -m training fit`: fine-tune, keep the best epoch, calibrate, report.
+"""`python -m training fit`: fine-tune, keep the best epoch (and the last), calibrate, report.
 
 Structure after torchvision's references/classification/train.py.
 """
@@ -306,6 +306,10 @@ def main(args) -> dict:
     if rank != 0:
         return {}
     (args.out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    # The last epoch too: a fold network kept at its best epoch was chosen on the fold it is
+    # then scored on, which leans out-of-fold figures high; last.pt never looked at it.
+    last = history[-1]
+    save_checkpoint(args.out / "last.pt", kept, args, classes, spec, last["epoch"], last["val"])
     if args.no_report or not data.split_of(manifest, "test"):
         if not args.no_report:  # a fold manifest: its pictures are scored out of fold by `training cv`
             log.info("%s has no test split: no report (score folds with `python -m training cv`)", args.manifest)
