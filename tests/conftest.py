@@ -1,3 +1,4 @@
+import gc
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,15 @@ from tests.helpers import make_bundle
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "models" / "ecosort.json"
 SAMPLES = sorted((ROOT / "tests" / "data" / "trashnet").glob("*.jpg"))
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage():
+    """Each test's garbage collected in this process. An onnxruntime session left in a
+    cycle and collected in a forked child (a DataLoader worker) waits forever on pool
+    threads that fork did not copy, and the test hangs."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
