@@ -157,10 +157,11 @@ def selective(val_logits, val_targets, test_logits, test_targets, temperature: f
 def evaluate_variant(path: Path, val, test, classes, counts: list[int] | None, tau: float | None = None,
                      class_offset: tuple[int, float] | None = None, answered: float = ANSWERED_ACCURACY,
                      threshold: float | None = None,
-                     temperature: float | None = None) -> tuple[dict, ort.InferenceSession]:
+                     temperature: float | None = None, fused: bool = True) -> tuple[dict, ort.InferenceSession]:
     """Calibration fitted on val (prior offsets if counts are given, with tau if given; one class's
-    offset if given; then temperature, unless given), measured on val and test."""
-    session = cpu_session(path)
+    offset if given; then temperature, unless given), measured on val and test (`fused`: as
+    `cpu_session` takes it)."""
+    session = cpu_session(path, fused)
     val_logits, test_logits = (torch.from_numpy(onnx_logits(session, x)) for x, _ in (val, test))
     val_targets, test_targets = torch.from_numpy(val[1]), torch.from_numpy(test[1])
     adjustment = None

@@ -21,13 +21,18 @@ from server.preprocess import preprocess
 from server.runtime import Runtime
 from training import robustness
 
+from .__main__ import cpu_session
+
 log = logging.getLogger("export.robustness")
 
 
-def bundle_predictor(bundle: Bundle, threads: int = 2, raw: bool = False) -> robustness.Predict:
+def bundle_predictor(bundle: Bundle, threads: int = 2, raw: bool = False, fused: bool = True) -> robustness.Predict:
     """Pictures to the bundle's calibrated probabilities, as the server computes them;
-    `raw`: the graph's own output instead (a teacher's, export.teacher)."""
+    `raw`: the graph's own output instead (a teacher's, export.teacher); `fused` False: as
+    `cpu_session` takes it."""
     runtime = Runtime(bundle, threads)
+    if not fused:
+        runtime.session = cpu_session(bundle.onnx_path, fused=False)
 
     def predict(images: list[Image.Image]) -> np.ndarray:
         batch = np.stack([preprocess(image.convert("RGB"), bundle.preprocess) for image in images])
@@ -47,15 +52,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="about this many pictures, evenly spaced (0: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="folder for robustness.md and robustness.json")
+    p.add_argument("--unfused", action="store_true", help="the bundle's own graph even where this CPU lacks what "
+                   "it needs, run unfused: an 8-bit int8 graph as a CPU with VNNI computes it")
     return p
 
 
 def main(args: argparse.Namespace) -> int:
-    bundle = for_this_cpu(load_bundle(args.bundle))  # the graph the server would serve on this CPU
+    bundle = load_bundle(args.bundle)
+    if not args.unfused:
+        bundle = for_this_cpu(bundle)  # the graph the server would serve on this CPU
     images, targets = robustness.held_out(args.manifest, args.data, args.split, args.limit)
-    result = robustness.run_suite(bundle_predictor(bundle), images, targets, bundle.preprocess.resize,
-                                  bundle.calibration.uncertain_below, args.seed)
-    result.update(split=args.split, bundle=bundle.name, sha256=bundle.sha256)
+    result = robustness.run_suite(bundle_predictor(bundle, fused=not args.unfused), images, targets,
+                                  bundle.preprocess.resize, bundle.calibration.uncertain_below, args.seed)
+    result.update(split=args.split, bundle=bundle.name, sha256=bundle.sha256, unfused=args.unfused)
     robustness.write(result, args.out, f"bundle {bundle.name} (sha256 {bundle.sha256[:12]}) on {args.split}")
     log.info("%s", json.dumps(result["summary"]))
     return 0

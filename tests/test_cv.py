@@ -281,3 +281,50 @@ def test_selective_scores_answer_only_what_the_target_allows():
     assert sel["ci"][0] < 1.0 and sel["at_90_coverage"]["accuracy"] == 1.0
     loose = cv.selective_scores(logits, targets, answered=0.9)
     assert loose["coverage"] == 1.0 and loose["accuracy"] == 0.9
+
+
+def _fold_result(pictures: dict[str, tuple[int, int]], recipes: tuple[str, ...]) -> dict:
+    """A cv.json of one fold: each picture {path: (target, called)} under every recipe."""
+    def probs(called: int) -> list[float]:
+        return [0.9 if c == called else 0.05 for c in range(3)]
+
+    return {"size": 64, "classes": ["a", "b", "c"], "checkpoints": ["fold.pt"],
+            "predictions": {r: {k: {"target": t, "probabilities": probs(c)} for k, (t, c) in pictures.items()}
+                            for r in recipes}}
+
+
+def test_pool_joins_folds_from_separate_runs_as_one_run_would(tmp_path):
+    fold0 = _fold_result({f"a/{i}.jpg": (0, 0 if i < 8 else 1) for i in range(10)}, ("fp32", "int8"))
+    fold1 = _fold_result({f"b/{i}.jpg": (1, 1 if i < 5 else 2) for i in range(10)}, ("fp32", "int8-unfused"))
+    # the fused int8 graph of fold 1 was measured on a CPU whose kernel saturates: all wrong
+    fold1["predictions"]["int8"] = {k: {**v, "probabilities": [0.05, 0.05, 0.9] if v["target"] == 1 else
+                                        v["probabilities"]} for k, v in fold1["predictions"]["fp32"].items()}
+    paths = []
+    for i, result in enumerate((fold0, fold1)):
+        paths.append(tmp_path / f"fold{i}.json")
+        paths[-1].write_text(json.dumps(result))
+    out = tmp_path / "pooled"
+    assert cli(["pool", *map(str, paths), "--as", "int8-unfused=int8", "--out", str(out)]) == 0
+    pooled = json.loads((out / "cv.json").read_text())
+    assert set(pooled["predictions"]) == {"fp32", "int8"}
+    for name in ("fp32", "int8"):  # 8 + 5 right of 20, the unfused graph standing for fold 1's int8
+        assert pooled["scores"][name]["n"] == 20
+        assert pooled["scores"][name]["accuracy"] == pytest.approx(13 / 20)
+    assert pooled["paired"]["int8 vs fp32"]["difference"] == 0.0
+    assert pooled["scores"]["fp32"]["per_class"]["b"]["recall"] == pytest.approx(0.5)
+    assert "| int8 vs fp32 |" in (out / "cv.md").read_text()
+    # without the rename fold 1's fused graph is what gets pooled, and it differs
+    assert cli(["pool", *map(str, paths), "--out", str(tmp_path / "plain")]) == 0
+    plain = json.loads((tmp_path / "plain" / "cv.json").read_text())
+    assert plain["scores"]["int8"]["accuracy"] == pytest.approx(8 / 20)
+
+
+def test_pool_refuses_a_picture_twice_and_a_bad_rename(tmp_path, caplog):
+    fold = _fold_result({"a/0.jpg": (0, 0)}, ("fp32",))
+    path = tmp_path / "fold.json"
+    path.write_text(json.dumps(fold))
+    with caplog.at_level(logging.ERROR):
+        assert cli(["pool", str(path), str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "in two results" in caplog.text
+    assert cli(["pool", str(path), "--as", "int8", "--out", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()

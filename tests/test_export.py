@@ -317,11 +317,16 @@ def test_bias_correction_takes_the_mean_shift_of_rounded_weights_off_the_biases(
 
 
 @pytest.mark.parametrize("bits", [7, 8])
-def test_int8_from_an_fp32_bundle_names_its_fallback_at_8_bits(lite_bundle, fitted, dataset, tmp_path, bits):
-    from export.__main__ import cpu_session, onnx_logits
+def test_int8_from_an_fp32_bundle_names_its_fallback_at_8_bits(lite_bundle, fitted, dataset, tmp_path, bits,
+                                                              monkeypatch):
+    import export.int8
+    from export.__main__ import cpu_session, load_arrays, onnx_logits
     from export.int8 import get_args_parser as int8_parser
     from export.int8 import main as int8_main
     from server.bundle import for_this_cpu
+    from training.data import read_manifest, split_of
+
+    monkeypatch.setattr(export.int8, "has_vnni", lambda: False)  # measured as a VNNI CPU computes it
 
     run, _ = fitted
     source = graph_of(lite_bundle, "fp32").with_suffix(".json")
@@ -341,11 +346,23 @@ def test_int8_from_an_fp32_bundle_names_its_fallback_at_8_bits(lite_bundle, fitt
     batch = np.random.default_rng(0).uniform(-1, 1, (4, 3, 64, 64)).astype(np.float32)
     assert np.allclose(onnx_logits(cpu_session(copy.onnx_path), batch),
                        onnx_logits(cpu_session(fp32.onnx_path), batch), atol=1e-5)
+    assert int8.metrics["measured_unfused"] == (bits == 8)
+    images, targets = load_arrays(dataset, split_of(read_manifest(run / "split.json"), "val")[:12], fp32.preprocess)
+    logits = onnx_logits(cpu_session(int8.onnx_path, fused=bits == 7), images)
+    assert int8.metrics["val"]["accuracy"] == pytest.approx(float((logits.argmax(1) == targets).mean()))
     if bits == 7:
         assert int8.requires is None
     else:
         assert int8.requires.otherwise == "shop-fp32.json"
         assert for_this_cpu(int8, frozenset({"avx512_vnni"})) is int8
         assert for_this_cpu(int8, frozenset({"avx2"})).sha256 == copy.sha256
+        # the suite on the int8 graph itself, as a VNNI CPU computes it, whatever this CPU has
+        from export.robustness import get_args_parser as suite_parser
+        from export.robustness import main as suite_main
+        assert suite_main(suite_parser().parse_args([
+            str(tmp_path / "shop.json"), "--data", str(dataset), "--manifest", str(run / "split.json"),
+            "--split", "test", "--limit", "2", "--out", str(tmp_path / "suite"), "--unfused"])) == 0
+        suite = json.loads((tmp_path / "suite" / "robustness.json").read_text())
+        assert suite["bundle"] == "shop" and suite["sha256"] == int8.sha256 and suite["unfused"]
     assert create_app({"model": tmp_path / "shop.json", "ort_threads": 1}).test_client().post(
         "/v1/classify", data=SAMPLES[0].read_bytes(), content_type="image/jpeg").status_code == 200

@@ -1,4 +1,4 @@
-"""`python -m training {split,fit,evaluate,compare,folds,cv,pair,selective,robustness,wise} --help`."""
+"""`python -m training {split,fit,evaluate,compare,folds,cv,pool,pair,selective,robustness,wise} --help`."""
 
 from __future__ import annotations
 
@@ -8,9 +8,16 @@ import sys
 from pathlib import Path
 
 from . import compare, cv, data, pair, recipes, robustness, selective
+from . import pool as pool_folds
 from . import wise as wise_ft
 from .models import VIEWS
 from .train import calibrate_and_report, get_args_parser, main
+
+
+def _renames(pairs: list[str]) -> dict[str, str]:
+    if any(p.count("=") != 1 for p in pairs):
+        raise ValueError(f"--as takes OLD=NEW, got {pairs}")
+    return dict(p.split("=") for p in pairs)
 
 
 def cli(argv=None) -> int:
@@ -54,6 +61,12 @@ def cli(argv=None) -> int:
                      help="stretch each crop by its luma histogram first, PERCENT clipped at each end")
     cvp.add_argument("--out", type=Path, help="folder for cv.md and cv.json")
     cvp.set_defaults(run=lambda a: cv.run(a.recipe, a.data, a.size, a.out, a.views, a.autocontrast))
+    pl = sub.add_parser("pool", help="cv.json files of different folds as one (folds fitted in separate runs)")
+    pl.add_argument("results", type=Path, nargs="+", metavar="cv_json")
+    pl.add_argument("--as", dest="renames", action="append", default=[], metavar="OLD=NEW",
+                    help="read recipe OLD as NEW where a file holds it; repeat for more")
+    pl.add_argument("--out", type=Path, required=True, help="folder for the pooled cv.json and cv.md")
+    pl.set_defaults(run=lambda a: pool_folds.main(a.results, a.out, _renames(a.renames)))
     pr = sub.add_parser("pair", help="two cv.json or two suite results on the same pictures, paired")
     pr.add_argument("a", type=Path)
     pr.add_argument("b", type=Path)
