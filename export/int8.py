@@ -95,7 +95,8 @@ def main(args: argparse.Namespace) -> int:
         for precision in ("fp32", "int8"):
             results[precision], sessions[precision] = evaluate_variant(
                 work / f"{precision}.onnx", *evaluation, fused=fused or precision == "fp32")
-        sessions["int8"] = cpu_session(work / "int8.onnx")  # this CPU's speed, whatever it computes
+        if not fused:
+            sessions["int8"] = cpu_session(work / "int8.onnx")  # this CPU's speed, whatever it computes
         speed = latency_ms(sessions, val[0][:1])
         loss = 100 * (results["fp32"]["val"]["accuracy"] - results["int8"]["val"]["accuracy"])
         log.info("int8 (%d-bit weights, %d convolutions bias-corrected): %+.2f val points against fp32, %.2fx as "

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import shutil
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.cv import markdown, paired, recipe_scores
+from training.cv import against_fp32, stored, write
 from training.data import read_manifest, split_of
 
 from .__main__ import calibration_arrays, cpu_session, load_arrays, load_members, onnx_logits
@@ -83,16 +82,11 @@ def main(args: argparse.Namespace) -> int:
         return 2
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    scores = {name: recipe_scores(p, classes) for name, p in pooled.items()}
-    pairs = {f"{name} vs fp32": paired(pooled[name], pooled["fp32"]) for name in pooled if name != "fp32"}
-    table = markdown(scores, pairs, classes)
+    scores, pairs, table = against_fp32(pooled, classes)
     log.info("\n%s", table)
     result = {"size": args.image_size, "classes": classes, "checkpoints": [str(c) for c in args.checkpoints],
-              "scores": scores, "paired": pairs,
-              "predictions": {n: {path: {"target": t, "probabilities": [round(float(x), 5) for x in prob]}
-                                  for path, (prob, t) in p.items()} for n, p in pooled.items()}}
-    (args.out / "cv.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "cv.md").write_text(table)
+              "scores": scores, "paired": pairs, "predictions": stored(pooled)}
+    write(result, table, args.out)
     return 0
 
 

@@ -268,12 +268,27 @@ def run(recipes: list[list[str]], data_root: Path, size: int | None, out: Path |
     log.info("\n%s", table)
     result = {"size": size, "views": views, "autocontrast": autocontrast, "floor": RECALL_FLOOR, "classes": classes,
               "recipes": {n: [str(p) for p in r[1:]] for n, r in zip(names, recipes)},
-              "scores": scores, "paired": pairs,
-              # Every out-of-fold probability, so later questions need no rerun of the fits.
-              "predictions": {n: {path: {"target": t, "probabilities": [round(float(x), 5) for x in prob]}
-                                  for path, (prob, t) in p.items()} for n, p in pooled.items()}}
+              "scores": scores, "paired": pairs, "predictions": stored(pooled)}
     if out:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "cv.json").write_text(json.dumps(result, indent=1) + "\n")
-        (out / "cv.md").write_text(table)
+        write(result, table, out)
     return result
+
+
+def against_fp32(pooled: dict, classes: list[str]) -> tuple[dict, dict, str]:
+    """Each graph's scores, each paired against the fp32 graph where there is one, and their table."""
+    scores = {name: recipe_scores(p, classes) for name, p in pooled.items()}
+    pairs = {f"{name} vs fp32": paired(p, pooled["fp32"]) for name, p in pooled.items()
+             if name != "fp32" and "fp32" in pooled}
+    return scores, pairs, markdown(scores, pairs, classes)
+
+
+def stored(pooled: dict) -> dict:
+    """Every out-of-fold probability, so later questions need no rerun of the fits."""
+    return {n: {path: {"target": t, "probabilities": [round(float(x), 5) for x in prob]}
+                for path, (prob, t) in p.items()} for n, p in pooled.items()}
+
+
+def write(result: dict, table: str, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cv.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "cv.md").write_text(table)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .cv import markdown, paired, recipe_scores
+from .cv import against_fp32, stored, write
 
 log = logging.getLogger(__name__)
 FLOOR = 1e-6  # stored probabilities are rounded: none is taken as surer than this
@@ -53,16 +53,10 @@ def pool(results: list[dict], renames: dict[str, str]) -> tuple[list[str], dict[
 def main(paths: list[Path], out: Path, renames: dict[str, str]) -> dict:
     results = [json.loads(Path(p).read_text()) for p in paths]
     classes, pooled = pool(results, renames)
-    scores = {n: recipe_scores(p, classes) for n, p in pooled.items()}
-    pairs = {f"{n} vs fp32": paired(pooled[n], pooled["fp32"]) for n in pooled if n != "fp32" and "fp32" in pooled}
-    table = markdown(scores, pairs, classes)
+    scores, pairs, table = against_fp32(pooled, classes)
     log.info("\n%s", table)
     result = {"size": results[0].get("size"), "classes": classes, "sources": [str(p) for p in paths],
               "checkpoints": [c for r in results for c in r.get("checkpoints", [])], "renamed": renames,
-              "scores": scores, "paired": pairs,
-              "predictions": {n: {k: {"target": t, "probabilities": [round(float(x), 5) for x in prob]}
-                                  for k, (prob, t) in p.items()} for n, p in pooled.items()}}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cv.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "cv.md").write_text(table)
+              "scores": scores, "paired": pairs, "predictions": stored(pooled)}
+    write(result, table, out)
     return result
