@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from server.bundle import VNNI_FLAGS, cpu_flags
+from server.bundle import VNNI_FLAGS, cpu_flags, for_this_cpu, load_bundle
 from server.config import Config
 
 from . import http, report
@@ -37,6 +37,16 @@ def headline(inputs: dict[str, bytes]) -> bytes:
 
 def bundles(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.json") if not p.name.startswith("."))
+
+
+def served(shipped: Path, flags: frozenset[str] | None = None) -> Path:
+    """The bundle a worker serves on this CPU: `shipped`, or the one its `requires` names
+    where this CPU lacks the flags (server.bundle.for_this_cpu). In-process cases time this
+    one, so that HTTP and in-process compare the same graph."""
+    bundle = load_bundle(shipped, verify_sha256=False)
+    if for_this_cpu(bundle, flags, verify_sha256=False) is bundle:
+        return shipped
+    return shipped.parent / bundle.requires.otherwise
 
 
 def environment(threads: int) -> dict:
@@ -81,8 +91,9 @@ def head_to_head(shipped: Path, paths: list[Path], frame: bytes, server: Gunicor
     """The ratio targets: every case on the same 1920x1080 frame, interleaved round by round."""
     import http.client
 
-    from .inprocess import Torch
+    from .inprocess import Torch, simplejpeg_decode
 
+    shipped = served(shipped)
     ours_worker = Ours(shipped, threads_worker)
     ours_full = Ours(shipped, CORES)
     exact = Ours(shipped, CORES, fast_decode=False)
@@ -106,6 +117,9 @@ def head_to_head(shipped: Path, paths: list[Path], frame: bytes, server: Gunicor
         "inprocess_worker_threads": lambda: ours_worker.run(frame),
         "inprocess_all_cores": lambda: ours_full.run(frame),
         "old_project_pipeline": lambda: torch_cases.old_pipeline(frame),
+        "decode_ours_fast": lambda: ours_full.decode_only(frame),
+        "decode_ours_exact": lambda: exact.decode_only(frame),
+        "decode_simplejpeg_scaled": lambda: simplejpeg_decode(frame, bundle.preprocess.resize),
         "preprocess_ours_fast": lambda: ours_full.preprocess_only(frame),
         "preprocess_ours_exact": lambda: exact.preprocess_only(frame),
         "preprocess_torchvision": lambda: torch_cases.preprocess_only(frame),
@@ -152,7 +166,7 @@ def overhead(shipped: Path, frame: bytes, runs: int) -> dict:
 
     server = Gunicorn(shipped)
     workers = server.n_workers
-    ours = Ours(shipped, Config.from_env().threads)  # what a worker's session gets
+    ours = Ours(served(shipped), Config.from_env().threads)  # what a worker's session gets
     with server:
         server.wait_workers(workers)
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)

@@ -40,10 +40,27 @@ class Ours:
         self.clf.prepare(data)
         return {"total": _ms(start)}
 
+    def decode_only(self, data: bytes) -> dict[str, float]:
+        """The worker's decode stage alone: header checks, (drafted) pixels, upright RGB."""
+        start = time.perf_counter()
+        with self.clf.decoded(data):
+            pass
+        return {"total": _ms(start)}
+
     def infer_only(self, batch: np.ndarray) -> dict[str, float]:
         start = time.perf_counter()
         self.runtime.infer(batch)
         return {"total": _ms(start)}
+
+
+def simplejpeg_decode(data: bytes, side: int) -> dict[str, float]:
+    """libjpeg-turbo through simplejpeg at the smallest DCT scale that keeps both sides >=
+    `side`: the other way to decode small that issue 21 names, timed beside Pillow's draft."""
+    import simplejpeg
+
+    start = time.perf_counter()
+    simplejpeg.decode_jpeg(data, "RGB", min_height=side, min_width=side)
+    return {"total": _ms(start)}
 
 
 class Torch:

@@ -62,3 +62,14 @@ def test_a_fallback_that_is_missing_or_needy_itself_stops_the_start(tmp_path):
     loop = needing(tmp_path, ["x"], otherwise="needy.json")
     with pytest.raises(BundleError, match="needs of its own"):
         for_this_cpu(load_bundle(loop), frozenset())
+
+
+def test_bench_times_in_process_the_bundle_a_worker_serves(tmp_path):
+    """HTTP and in-process cases of `python -m bench` must time the same graph."""
+    from bench.__main__ import served
+
+    path = needing(tmp_path, ["avx512_vnni"])
+    assert served(path, frozenset({"avx512_vnni"})) == path
+    assert served(path, frozenset({"avx2"})) == tmp_path / "plain.json"
+    plain = tmp_path / "plain.json"
+    assert served(plain, frozenset()) == plain

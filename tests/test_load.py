@@ -28,3 +28,21 @@ def test_overhead_split(tiny_bundle):
     assert p50["inprocess_worker_threads.total"] < p50["http_classify.client"]
     assert 0 < p50["http_healthz.client"] < p50["http_classify.client"]
     assert "http minus in-process (the target)" in split
+
+
+def test_decode_cases_compare_the_same_dct_scale(tiny_bundle):
+    """`python -m bench all` times Pillow's draft against simplejpeg: both must decode the
+    1080p frame to the same reduced size, or the comparison would not be like for like."""
+    import simplejpeg
+
+    from bench.inprocess import Ours, simplejpeg_decode
+
+    frame = camera_frame((1920, 1080))
+    ours = Ours(tiny_bundle, 1)
+    side = ours.bundle.preprocess.resize
+    with ours.clf.decoded(frame) as image:
+        drafted = image.size
+    pixels = simplejpeg.decode_jpeg(frame, "RGB", min_height=side, min_width=side)
+    assert drafted == (pixels.shape[1], pixels.shape[0])
+    assert drafted[0] < 1920 and min(drafted) >= side  # scaled, never below the resize
+    assert ours.decode_only(frame)["total"] > 0 and simplejpeg_decode(frame, side)["total"] > 0
