@@ -4,13 +4,14 @@ import json
 import logging
 import math
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from tests.conftest import fit
 from tests.helpers import make_dataset
-from training import cv, data, stats
+from training import cv, data, pair, stats
 from training.__main__ import cli
 from training.checkpoint import load_checkpoint
 from training.compare import probabilities
@@ -328,3 +329,30 @@ def test_pool_refuses_a_picture_twice_and_a_bad_rename(tmp_path, caplog):
     assert "in two results" in caplog.text
     assert cli(["pool", str(path), "--as", "int8", "--out", str(tmp_path / "out")]) == 2
     assert not (tmp_path / "out").exists()
+
+
+def _suite(path, corruptions, split="val"):
+    hits = np.asarray(corruptions).tolist()
+    path.write_text(json.dumps({"split": split, "clean": {"n": len(hits)}, "corruptions": {},
+                                "per_picture": {"clean": [h[0] for h in hits], "corruptions": hits,
+                                                "backgrounds": hits}}))
+    return path
+
+
+def test_pair_pools_the_suites_of_several_folds_as_one_set_of_pictures(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    a = [rng.integers(0, 2, (n, 3)) for n in (5, 7)]
+    b = [rng.integers(0, 2, (n, 3)) for n in (5, 7)]
+    paths = [[_suite(tmp_path / f"{side}{k}.json", hits[k]) for k in range(2)] for side, hits in (("a", a), ("b", b))]
+    assert cli(["pair", str(paths[0][0]), str(paths[1][0]), "--also", str(paths[0][1]), str(paths[1][1]),
+                "--part", "corruptions"]) == 0
+    pooled = json.loads(capsys.readouterr().out)
+    expected = stats.paired_difference(np.concatenate(a), np.concatenate(b))
+    assert pooled["pictures"] == 12 and pooled["ci95"] == pytest.approx(expected["ci95"])
+    assert pooled["difference"] == pytest.approx(expected["difference"])
+    alone = pair.main(paths[0][0], paths[1][0], part="corruptions")
+    assert alone["pictures"] == 5 and alone["difference"] != pytest.approx(expected["difference"])
+    cv_json = tmp_path / "cv.json"
+    cv_json.write_text(json.dumps({"predictions": {"x": {}}}))
+    with pytest.raises(ValueError, match="not both"):
+        pair.main(paths[0][0], paths[1][0], also=[(cv_json, cv_json)], part="corruptions")

@@ -73,7 +73,9 @@ def cli(argv=None) -> int:
     pr.add_argument("--name-a", help="A's recipe, where its cv.json holds several")
     pr.add_argument("--name-b", help="B's recipe, where its cv.json holds several")
     pr.add_argument("--part", choices=pair.PARTS, default="clean", help="which part of two suite results")
-    pr.set_defaults(run=lambda a: pair.main(a.a, a.b, a.name_a, a.name_b, a.part))
+    pr.add_argument("--also", nargs=2, action="append", default=[], type=Path, metavar=("A", "B"),
+                    help="another fold's two results, pooled with the first pair; repeat for more")
+    pr.set_defaults(run=lambda a: pair.main(a.a, a.b, a.name_a, a.name_b, a.part, a.also))
     sel = sub.add_parser("selective", help="a cv.json's predictions answered at a given temperature and threshold")
     sel.add_argument("cv", type=Path, help="cv.json of `training cv` or `export.oof`")
     sel.add_argument("--name", help="its recipe, where it holds several")

@@ -3,6 +3,8 @@
 Either two `cv.json` (out-of-fold predictions; --name picks a recipe where a file holds
 several) or two suite `robustness.json` of one split (--part: clean, corruptions or
 backgrounds). The difference of A and B has an interval over pictures (stats.paired_difference).
+More pairs (`--also A2 B2`, each another fold's two results) are pooled with the first:
+their pictures are disjoint, so the hits are stacked before the interval is taken.
 """
 
 from __future__ import annotations
@@ -47,16 +49,25 @@ def suite_hits(a: dict, b: dict, part: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array(a["per_picture"][part]), np.array(b["per_picture"][part])
 
 
-def main(a_path: Path, b_path: Path, name_a: str | None = None, name_b: str | None = None,
-         part: str = "clean") -> dict:
+def hits_of(a_path: Path, b_path: Path, name_a: str | None, name_b: str | None,
+            part: str) -> tuple[np.ndarray, np.ndarray]:
     a, b = (json.loads(Path(p).read_text()) for p in (a_path, b_path))
     if "predictions" in a and "predictions" in b:
-        hits = out_of_fold_hits(_recipe(a, name_a, a_path), _recipe(b, name_b, b_path))
-    elif "per_picture" in a or "per_picture" in b or "corruptions" in a:
-        hits = suite_hits(a, b, part)
-    else:
-        raise ValueError("pair takes two cv.json or two robustness.json")
-    result = {"a": str(a_path), "b": str(b_path), "part": part if "corruptions" in a else "out_of_fold",
-              **stats.paired_difference(*hits)}
+        return out_of_fold_hits(_recipe(a, name_a, a_path), _recipe(b, name_b, b_path))
+    if "per_picture" in a or "per_picture" in b or "corruptions" in a:
+        return suite_hits(a, b, part)
+    raise ValueError("pair takes two cv.json or two robustness.json")
+
+
+def main(a_path: Path, b_path: Path, name_a: str | None = None, name_b: str | None = None,
+         part: str = "clean", also: list[tuple[Path, Path]] = ()) -> dict:
+    pairs = [(Path(a_path), Path(b_path)), *((Path(a), Path(b)) for a, b in also)]
+    kinds = {"corruptions" in json.loads(a.read_text()) for a, _ in pairs}
+    if len(kinds) > 1:
+        raise ValueError("pair pools cv.json with cv.json or suites with suites, not both")
+    hits = [hits_of(a, b, name_a, name_b, part) for a, b in pairs]
+    a_hits, b_hits = (np.concatenate([h[i] for h in hits]) for i in (0, 1))
+    result = {"a": [str(a) for a, _ in pairs], "b": [str(b) for _, b in pairs],
+              "part": part if kinds.pop() else "out_of_fold", **stats.paired_difference(a_hits, b_hits)}
     print(json.dumps(result, indent=1))
     return result
