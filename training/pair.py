@@ -49,11 +49,10 @@ def suite_hits(a: dict, b: dict, part: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array(a["per_picture"][part]), np.array(b["per_picture"][part])
 
 
-def hits_of(a_path: Path, b_path: Path, name_a: str | None, name_b: str | None,
+def hits_of(a: dict, b: dict, paths: tuple[Path, Path], name_a: str | None, name_b: str | None,
             part: str) -> tuple[np.ndarray, np.ndarray]:
-    a, b = (json.loads(Path(p).read_text()) for p in (a_path, b_path))
     if "predictions" in a and "predictions" in b:
-        return out_of_fold_hits(_recipe(a, name_a, a_path), _recipe(b, name_b, b_path))
+        return out_of_fold_hits(_recipe(a, name_a, paths[0]), _recipe(b, name_b, paths[1]))
     if "per_picture" in a or "per_picture" in b or "corruptions" in a:
         return suite_hits(a, b, part)
     raise ValueError("pair takes two cv.json or two robustness.json")
@@ -62,10 +61,11 @@ def hits_of(a_path: Path, b_path: Path, name_a: str | None, name_b: str | None,
 def main(a_path: Path, b_path: Path, name_a: str | None = None, name_b: str | None = None,
          part: str = "clean", also: list[tuple[Path, Path]] = ()) -> dict:
     pairs = [(Path(a_path), Path(b_path)), *((Path(a), Path(b)) for a, b in also)]
-    kinds = {"corruptions" in json.loads(a.read_text()) for a, _ in pairs}
+    results = [tuple(json.loads(p.read_text()) for p in pair) for pair in pairs]
+    kinds = {"corruptions" in a for a, _ in results}
     if len(kinds) > 1:
         raise ValueError("pair pools cv.json with cv.json or suites with suites, not both")
-    hits = [hits_of(a, b, name_a, name_b, part) for a, b in pairs]
+    hits = [hits_of(a, b, paths, name_a, name_b, part) for (a, b), paths in zip(results, pairs)]
     a_hits, b_hits = (np.concatenate([h[i] for h in hits]) for i in (0, 1))
     result = {"a": [str(a) for a, _ in pairs], "b": [str(b) for _, b in pairs],
               "part": part if kinds.pop() else "out_of_fold", **stats.paired_difference(a_hits, b_hits)}
