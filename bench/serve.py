@@ -5,6 +5,7 @@ Used by the benchmark's HTTP mode and by the tests that need a real gunicorn."""
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -17,7 +18,30 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A loopback port that is free now and that the kernel will not hand out meanwhile.
+
+    A port from bind(0) is ephemeral: between closing it here and the server binding
+    it, any outgoing connection (nginx to its upstream, a client polling /readyz) may
+    take it as its source port, and the server fails with "address in use". Ports
+    below the ephemeral range are never given out that way."""
+    low = _ephemeral_low()
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

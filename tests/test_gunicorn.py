@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from bench.serve import ROOT, Front, Gunicorn
+from bench.serve import ROOT, Front, Gunicorn, free_port
 from tests.helpers import solid
 
 
@@ -22,6 +22,17 @@ def server(tiny_bundle):
     with Gunicorn(tiny_bundle, WEB_CONCURRENCY="2", GUNICORN_THREADS="2", CLIENT_TIMEOUT="1") as g:
         g.wait_workers(2)
         yield g
+
+
+def test_test_servers_bind_ports_no_outgoing_connection_can_take():
+    # A port from the ephemeral range can be taken as a client's source port between
+    # picking it and gunicorn binding it (CI once failed so, "address in use").
+    low, high = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    ports = {free_port() for _ in range(20)}
+    assert all(1024 <= p < low for p in ports), ports
+    assert len(ports) > 1
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports.pop()))
 
 
 def copy_bundle(tiny_bundle, tmp_path):
