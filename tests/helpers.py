@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +96,14 @@ def make_dataset(root: Path, per_class: int = 8, classes=CLASSES[:3], seed: int 
     (root / classes[1] / "twin.jpg").write_bytes(twin)
     (root / classes[2] / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     return root
+
+
+def at_least(k: int, n: int, accuracy: float) -> float:
+    """The chance that a network this accurate gets at least k of n pictures right."""
+    return sum(math.comb(n, i) * accuracy**i * (1 - accuracy) ** (n - i) for i in range(k, n + 1))
+
+
+def fewest_right(n: int, accuracy: float, chance: float = 0.99) -> int:
+    """The most right answers of n that a network this accurate reaches with this chance: a
+    floor for a few sample photos that follows the bundle's recorded accuracy."""
+    return max(k for k in range(n + 1) if at_least(k, n, accuracy) >= chance)
