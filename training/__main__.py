@@ -1,4 +1,4 @@
-"""`python -m training {split,fit,evaluate,compare,folds,cv,pool,pair,selective,robustness,wise} --help`."""
+"""`python -m training {split,fit,evaluate,compare,folds,cv,pool,pair,selective,robustness,wise,bnstats} --help`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import compare, cv, data, pair, recipes, robustness, selective
+from . import bnstats, compare, cv, data, pair, recipes, robustness, selective
 from . import pool as pool_folds
 from . import wise as wise_ft
 from .models import VIEWS
@@ -103,6 +103,14 @@ def cli(argv=None) -> int:
     wise.add_argument("--alpha", type=float, required=True, help="0: the probe, 1: the fine-tuned network")
     wise.add_argument("--out", type=Path, required=True)
     wise.set_defaults(run=lambda a: wise_ft.main(a.probe, a.finetuned, a.alpha, a.out))
+    bn = sub.add_parser("bnstats", help="BatchNorm statistics gathered again at the serving size")
+    bn.add_argument("checkpoint", type=Path)
+    bn.add_argument("--data", type=Path, required=True)
+    bn.add_argument("--size", type=int, required=True, help="the input size the network will be served at")
+    bn.add_argument("--passes", type=int, default=1, help="passes over the training pictures")
+    bn.add_argument("--workers", type=int, help="data loader workers (default: the fit's)")
+    bn.add_argument("--out", type=Path, required=True)
+    bn.set_defaults(run=lambda a: bnstats.main(a.checkpoint, a.data, a.size, a.out, a.passes, a.workers))
     fit.add_argument("--recipe", help="a file of training/recipes/ (NAME or NAME.toml): its values become the "
                      "defaults, flags given here still win")
     known, _ = parser.parse_known_args(argv)
