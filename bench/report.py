@@ -23,6 +23,7 @@ def targets(results: dict) -> list[dict]:
     add("onnxruntime fp32 vs PyTorch eager, same network, batch 1", eager / fp32 if eager and fp32 else None,
         1.8, True, "x")
     add("int8 vs fp32, batch 1", fp32 / int8 if fp32 and int8 else None, 1.4, True, "x")
+    add("int8 model time, batch 1 (issue 21)", int8, 10, False, "ms")
     tv, ours = h("preprocess_torchvision"), h("preprocess_ours_fast")
     add("preprocessing 1920x1080 JPEG vs torchvision", tv / ours if tv and ours else None, 2.5, True, "x")
     inproc = h("inprocess_worker_threads")

@@ -321,3 +321,37 @@ def test_fit_with_frozen_stages_leaves_them_untouched(dataset, tmp_path):
     later = [k for k in start if k.startswith("blocks.2.") and k.endswith("weight")]
     assert frozen and all(torch.equal(trained[k], start[k]) for k in frozen)  # BN statistics included
     assert any(not torch.equal(trained[k], start[k]) for k in later)
+
+
+def test_bnstats_average_every_batch_evenly_and_skip_frozen_layers():
+    from training.bnstats import gather
+
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3))
+    model[0].requires_grad_(False)  # a frozen stage's layer: eval mode, statistics kept
+    model[0].running_mean.fill_(1.0)
+    batches = [torch.randn(4, 3, 5, 5) * s + s for s in (1.0, 2.0, 3.0)]
+    gather(model, [(b, None) for b in batches], passes=2)
+    assert torch.equal(model[0].running_mean, torch.ones(3))
+    seen = [(b - 1.0) / (1 + model[0].eps) ** 0.5 for b in batches]
+    # momentum None: every batch weighs the same, the last no more than the first
+    expected = torch.stack([s.mean((0, 2, 3)) for s in seen]).mean(0)
+    assert torch.allclose(model[1].running_mean, expected, atol=1e-5)
+    assert model[1].momentum == 0.1 and not model.training
+
+
+def test_bnstats_moves_statistics_only(dataset, tmp_path):
+    from tests.conftest import fit
+    from training.bnstats import main as bnstats
+
+    fit(dataset, tmp_path / "run", "--frozen-stages", "2", "--max-steps", "2", "--no-report")
+    before = load_checkpoint(tmp_path / "run" / "best.pt")[0].state_dict()
+    out = bnstats(tmp_path / "run" / "best.pt", dataset, 80, tmp_path / "bn" / "best.pt", workers=0)
+    after_model, ckpt = load_checkpoint(out)
+    after = after_model.state_dict()
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    trained = [k for k in stats if not k.startswith(("bn1.", "blocks.0.", "blocks.1."))]
+    assert ckpt["bn_size"] == 80 and ckpt["preprocess"] == torch.load(
+        tmp_path / "run" / "best.pt", weights_only=False)["preprocess"]
+    kept = [k for k in before if k not in trained and not k.endswith("num_batches_tracked")]
+    assert all(torch.equal(before[k], after[k]) for k in kept)
+    assert all(not torch.equal(before[k], after[k]) for k in trained if k.endswith("running_mean"))
