@@ -252,6 +252,29 @@ def test_last_epoch_is_kept_beside_the_best(dataset, tmp_path):
     assert last["classes"] == best["classes"]
 
 
+def test_val_every_zero_validates_the_last_epoch_only(dataset, tmp_path, caplog):
+    from tests.conftest import fit
+
+    with caplog.at_level(logging.INFO, logger="training.train"):
+        fit(dataset, tmp_path / "v", "--epochs", "3", "--max-steps", "1", "--val-every", "0", "--no-report")
+    history = json.loads((tmp_path / "v" / "history.json").read_text())
+    best = torch.load(tmp_path / "v" / "best.pt", map_location="cpu", weights_only=False)
+    assert ["val" in h for h in history] == [False, False, True] and best["epoch"] == 2
+    assert sum("val loss" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_budget_cut_still_validates_the_epoch_it_ends_on(dataset, tmp_path, monkeypatch):
+    from tests.conftest import fit
+    from training import train
+
+    # the plan, made after epoch 1, says nothing more fits: epoch 1 is the last
+    monkeypatch.setattr(train, "epochs_that_fit", lambda done, *_: done)
+    fit(dataset, tmp_path / "b", "--epochs", "5", "--max-steps", "1", "--val-every", "0", "--budget", "30",
+        "--no-report")
+    history = json.loads((tmp_path / "b" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1] and "val" in history[-1] and "val" not in history[0]
+
+
 def test_time_limit_stops_between_epochs(dataset, tmp_path):
     from tests.conftest import fit
 

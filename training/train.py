@@ -52,7 +52,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    "with this decay (e.g. 0.995) and validate/save it instead; 0: off")
     p.add_argument("--image-size", type=int, help="override the backbone's native input size")
     p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--patience", type=int, default=5, help="stop after this many epochs without a better val")
+    p.add_argument("--patience", type=int, default=5, help="stop after this many validations without a better val")
+    p.add_argument("--val-every", type=int, default=1,
+                   help="validate every N epochs and after the last (0: after the last only, so best.pt is the "
+                   "last epoch and no epoch is chosen on val); an epoch of validation is an epoch less in a budget")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3, help="head learning rate (AdamW)")
     p.add_argument("--backbone-lr-scale", type=float, default=0.3, help="backbone lr = lr x this")
@@ -258,6 +261,22 @@ def main(args) -> dict:
         train_loader = _limit(train_loader, args.max_steps)
 
     best, history, stale, started = None, [], 0, time.time()
+
+    def validate(entry: dict) -> bool:
+        """Score the epoch on val, keep it as best.pt if it is the best; True: patience ran out."""
+        nonlocal best, stale
+        val = entry["val"] = evaluate(kept, eval_criterion, eval_loaders["val"], device, channels_last)
+        log.info("epoch %d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  (%.0fs)", entry["epoch"],
+                 entry["train"]["loss"], entry["train"]["acc"], val["loss"], val["acc"], entry["train"]["seconds"])
+        if best is None or (val["acc"], -val["loss"]) > (best["val"]["acc"], -best["val"]["loss"]):
+            best, stale = entry, 0
+            save_checkpoint(args.out / "best.pt", kept, args, classes, spec, entry["epoch"], val)
+            return False
+        stale += 1
+        if stale >= args.patience:
+            log.info("early stop: no better val accuracy for %d validations", stale)
+        return stale >= args.patience
+
     epochs, epoch = args.epochs, 0
     hard_limit = min([m for m in (args.time_limit, args.budget) if m], default=0.0)
     while epoch < epochs:
@@ -269,18 +288,14 @@ def main(args) -> dict:
         stats["lr"] = scheduler.get_last_lr()[0]  # the head's, after the epoch's last step
         stop = False
         if rank == 0:
-            val = evaluate(kept, eval_criterion, eval_loaders["val"], device, channels_last)
-            history.append({"epoch": epoch, "train": stats, "val": val})
-            log.info("epoch %d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  (%.0fs)",
-                     epoch, stats["loss"], stats["acc"], val["loss"], val["acc"], stats["seconds"])
-            if best is None or (val["acc"], -val["loss"]) > (best["val"]["acc"], -best["val"]["loss"]):
-                best, stale = history[-1], 0
-                save_checkpoint(args.out / "best.pt", kept, args, classes, spec, epoch, val)
+            entry = {"epoch": epoch, "train": stats}
+            history.append(entry)
+            final = epoch + 1 >= epochs or over_budget(history, started, hard_limit)
+            if final or (args.val_every and (epoch + 1) % args.val_every == 0):
+                stop = validate(entry)
             else:
-                stale += 1
-                stop = stale >= args.patience
-                if stop:
-                    log.info("early stop: no better val accuracy for %d epochs", stale)
+                log.info("epoch %d  train loss %.4f acc %.4f  (%.0fs)", epoch, stats["loss"], stats["acc"],
+                         stats["seconds"])
             if not stop and epoch + 1 < epochs and over_budget(history, started, hard_limit):
                 log.warning("time limit: stopping after epoch %d of %d (schedule not finished)", epoch, epochs)
                 stop = True
@@ -292,6 +307,8 @@ def main(args) -> dict:
                     schedule.total = epochs * steps_per_epoch
                     log.info("budget: %d epochs fit in %g minutes at this pace; cosine re-planned to end there",
                              epochs, args.budget)
+            if "val" not in entry and (stop or epoch + 1 >= epochs):
+                validate(entry)  # the plan made this the last epoch after all
         if distributed:
             # All ranks leave together, or the others would wait in all-reduce forever.
             flag = [stop, epochs]
