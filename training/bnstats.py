@@ -20,7 +20,7 @@ from torch import nn
 from .checkpoint import atomic_save, load_checkpoint
 from .data import read_manifest
 from .models import apply_strategy, set_train_mode, spec_at_size
-from .train import make_loaders, seed_everything
+from .train import get_args_parser, make_loaders, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +28,14 @@ PATHS = ("data", "manifest", "feedback", "teacher", "out", "weights", "init_from
 
 
 def training_args(ckpt: dict, data_root: Path) -> argparse.Namespace:
-    """The fit's own arguments, read back from its checkpoint, with this machine's data root."""
-    args = dict(ckpt["args"])
+    """The fit's own arguments, read back from its checkpoint, with this machine's data root;
+    an option the checkpoint predates takes fit's default, as the fit itself did."""
+    args = vars(get_args_parser().parse_args(["--data", str(data_root)]))
+    args.update(ckpt["args"])
     for key in PATHS:
         if args.get(key) is not None:
             args[key] = Path(args[key])
-    args.update(data=Path(data_root), teacher=None, device="cpu")
-    args["camera_faults"] = tuple(args.get("camera_faults", ()))
+    args.update(data=Path(data_root), teacher=None, device="cpu", camera_faults=tuple(args["camera_faults"]))
     return argparse.Namespace(**args)
 
 
@@ -44,14 +45,15 @@ def gather(model: nn.Module, loader, passes: int) -> int:
     of `passes` passes (momentum None), not weighted towards the last ones."""
     set_train_mode(model)
     layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    momenta = [m.momentum for m in layers]
     for m in layers:
         m.reset_running_stats()
         m.momentum = None
     for _ in range(passes):
         for images, _ in loader:
             model(images.contiguous(memory_format=torch.channels_last))
-    for m in layers:
-        m.momentum = 0.1
+    for m, momentum in zip(layers, momenta):
+        m.momentum = momentum
     model.eval()
     return len(layers)
 
