@@ -252,3 +252,47 @@ def test_autocontrast_in_training_stretches_every_picture_and_travels_with_the_c
     fit(dataset, tmp_path, "--autocontrast", "1", "--max-steps", "1")
     _, (ckpt,), spec = load_members([tmp_path / "best.pt"], None)
     assert ckpt["preprocess"]["autocontrast"] == 1.0 and spec.autocontrast == 1.0
+
+
+def test_mixup_blends_labelled_pictures_only_and_targets_follow():
+    from training.mixing import BatchMix
+
+    torch.manual_seed(0)
+    images, targets = torch.rand(5, 3, 8, 8), torch.tensor([0, 1, -1, 3, 4])
+    mixed, soft = BatchMix(6, mixup=0.4)(images, targets)
+    assert torch.equal(mixed[2], images[2]) and torch.equal(soft[2], torch.zeros(6))
+    known = [0, 1, 3, 4]
+    assert torch.allclose(soft[known].sum(1), torch.ones(4))
+    # torchvision pairs each labelled picture with the one before it (a roll): the picture
+    # and its target take the same share
+    lam = float(soft[0, 0])
+    assert 0 < lam < 1 and soft[0, 4] == pytest.approx(1 - lam, abs=1e-6)
+    assert torch.allclose(mixed[0], lam * images[0] + (1 - lam) * images[4], atol=1e-6)
+    assert torch.allclose(mixed[3], lam * images[3] + (1 - lam) * images[1], atol=1e-6)
+    assert not torch.equal(mixed, images)
+
+
+def test_cutmix_pastes_a_box_and_mixing_refuses_what_it_cannot_mix():
+    from training.mixing import BatchMix
+
+    torch.manual_seed(1)
+    images, targets = torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+    mixed, soft = BatchMix(4, cutmix=1.0)(images, targets)
+    # every pixel comes from the picture itself or the one before it, in the target's shares
+    own = (mixed[1] == images[1]).all(0).float().mean()
+    assert ((mixed[1] == images[1]) | (mixed[1] == images[0])).all()
+    assert soft[1, 1] == pytest.approx(float(own), abs=1e-6)
+    one, lone = BatchMix(4, mixup=1.0)(images[:2], torch.tensor([2, -1]))
+    assert torch.equal(one, images[:2]) and lone.tolist()[0] == [0, 0, 1, 0]
+    with pytest.raises(ValueError, match="soft"):
+        BatchMix(4, mixup=1.0)(images, torch.eye(4))
+    with pytest.raises(ValueError):
+        BatchMix(4)
+
+
+def test_fit_with_mixup_cutmix_and_no_object_frames(dataset, tmp_path):
+    fit(dataset, tmp_path / "m", "--mixup", "0.2", "--cutmix", "1.0", "--no-object-share", "0.5",
+        "--max-steps", "2", "--no-report")
+    assert (tmp_path / "m" / "best.pt").exists()
+    with pytest.raises(ValueError, match="teacher"):
+        fit(dataset, tmp_path / "t", "--mixup", "0.2", "--teacher", str(tmp_path / "teacher.json"))

@@ -19,12 +19,15 @@ def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Ten
 
 
 def train_one_epoch(model, criterion, optimizer, scheduler, loader, device, epoch: int,
-                    scaler=None, channels_last: bool = False, show_progress: bool = True, ema=None) -> dict:
+                    scaler=None, channels_last: bool = False, show_progress: bool = True, ema=None,
+                    mix=None) -> dict:
     set_train_mode(model)
     total, correct, loss_sum, start = 0, 0, 0.0, time.time()
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show_progress)
     for images, targets in bar:
         images, targets = _to(images, device, channels_last), targets.to(device)
+        if mix is not None:
+            images, targets = mix(images, targets)
         with torch.autocast(device.type, enabled=scaler is not None):
             logits = model(images)
             loss = criterion(logits, targets)

@@ -24,6 +24,7 @@ from .calibration import fit_temperature
 from .checkpoint import atomic_save, load_checkpoint, save_checkpoint
 from .engine import evaluate, predict, train_one_epoch
 from .losses import OutlierExposureLoss
+from .mixing import BatchMix
 from .models import BACKBONES, STRATEGIES, apply_strategy, build_model, preprocess_spec, strategy_label
 from .probe import fit_probe
 from .report import classification_metrics, write_report
@@ -75,6 +76,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="stretch every training picture and evaluated crop by its luma histogram, this percent "
                    "cut at each end (presets.AutoContrast); kept in the checkpoint's preprocessing, so the "
                    "bundle's server does the same")
+    p.add_argument("--mixup", type=float, default=0.0, help="MixUp's alpha on each batch's labelled pictures; 0: off")
+    p.add_argument("--cutmix", type=float, default=0.0,
+                   help="CutMix's alpha; with --mixup too, each batch takes one of the two at random; 0: off")
     p.add_argument("--no-object-share", type=float, default=0.0,
                    help="add this many frames with no object per training picture (outlier exposure); 0: none")
     p.add_argument("--oe-weight", type=float, default=0.5, help="weight of the no-object frames' uniform loss")
@@ -207,6 +211,8 @@ def init_distributed(args) -> tuple[bool, int]:
 
 
 def main(args) -> dict:
+    if (args.mixup or args.cutmix) and args.teacher:
+        raise ValueError("--mixup and --cutmix mix class indices; a --teacher's soft targets are not supported")
     distributed, rank = init_distributed(args)
     seed_everything(args.seed + rank)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -259,6 +265,7 @@ def main(args) -> dict:
     kept = ema.module if ema else model
     if args.max_steps:
         train_loader = _limit(train_loader, args.max_steps)
+    mix = BatchMix(len(classes), args.mixup, args.cutmix) if args.mixup or args.cutmix else None
 
     best, history, stale, started = None, [], 0, time.time()
 
@@ -284,7 +291,8 @@ def main(args) -> dict:
         if distributed:
             train_loader.sampler.set_epoch(epoch)
         stats = train_one_epoch(train_model, criterion, optimizer, scheduler, train_loader, device, epoch,
-                                scaler, channels_last, show_progress=not args.no_progress and rank == 0, ema=ema)
+                                scaler, channels_last, show_progress=not args.no_progress and rank == 0, ema=ema,
+                                mix=mix)
         stats["lr"] = scheduler.get_last_lr()[0]  # the head's, after the epoch's last step
         stop = False
         if rank == 0:
