@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms as T
 
 from tests.conftest import SAMPLES, fit
 from training import backgrounds, data, presets, recipes, robustness, selective, wise
@@ -48,6 +49,18 @@ def test_camera_faults_keep_the_range_and_change_the_picture():
         presets.CameraFaults(1.0, ("sensor", "fog"))
     assert torch.equal(presets.CameraFaults(0.0)(image), image)
     assert any(isinstance(t, presets.CameraFaults) for t in presets.train_preset(32, [0.5] * 3, [0.2] * 3).transforms)
+
+
+def test_augmix_replaces_trivial_augment_without_the_suites_corruptions():
+    augmix = presets.train_preset(32, [0.5] * 3, [0.2] * 3, augmix=True)
+    policies = [t for t in augmix.transforms if isinstance(t, (T.AugMix, T.TrivialAugmentWide))]
+    assert len(policies) == 1 and isinstance(policies[0], T.AugMix) and not policies[0].all_ops
+    image = Image.open(SAMPLES[0]).convert("RGB")
+    torch.manual_seed(0)
+    assert augmix(image).shape == (3, 32, 32)
+    assert presets.augment_policy(False, False) is None
+    with pytest.raises(ValueError, match="choose one"):
+        presets.train_preset(32, [0.5] * 3, [0.2] * 3, trivial_augment=True, augmix=True)
 
 
 def test_background_swap_replaces_the_white_table_only():

@@ -139,11 +139,12 @@ class CameraFaults(torch.nn.Module):
 
 def train_preset(crop: int, mean, std, background_p: float = 0.5, scale_min: float = 0.35,
                  trivial_augment: bool = False, camera_p: float = 0.0,
-                 camera_faults: tuple[str, ...] = CameraFaults.KINDS, autocontrast: float | None = None) -> T.Compose:
+                 camera_faults: tuple[str, ...] = CameraFaults.KINDS, autocontrast: float | None = None,
+                 augmix: bool = False) -> T.Compose:
     # Photometric changes come after the compositing: the backdrop is found on the
     # picture as taken, and the pasted surface is jittered with the object, as a camera would.
-    photometric = [T.ConvertImageDtype(torch.uint8), T.TrivialAugmentWide(interpolation=InterpolationMode.BILINEAR),
-                   T.ConvertImageDtype(torch.float32)] if trivial_augment else []
+    policy = augment_policy(trivial_augment, augmix)
+    photometric = [T.ConvertImageDtype(torch.uint8), policy, T.ConvertImageDtype(torch.float32)] if policy else []
     return T.Compose([
         T.RandomResizedCrop(crop, scale=(scale_min, 1.0), interpolation=InterpolationMode.BILINEAR),
         T.RandomHorizontalFlip(),
@@ -158,6 +159,17 @@ def train_preset(crop: int, mean, std, background_p: float = 0.5, scale_min: flo
         *([T.ToPILImage(), AutoContrast(autocontrast), T.ToTensor()] if autocontrast is not None else []),
         T.Normalize(mean, std),
     ])
+
+
+def augment_policy(trivial_augment: bool, augmix: bool) -> torch.nn.Module | None:
+    """TrivialAugment, or AugMix: several chains of operations blended with the picture.
+    AugMix without its brightness, contrast, colour and sharpness operations, as its paper
+    has it: those overlap the corruptions the robustness suite measures."""
+    if trivial_augment and augmix:
+        raise ValueError("--trivial-augment and --augmix are two policies: choose one")
+    if augmix:
+        return T.AugMix(all_ops=False, interpolation=InterpolationMode.BILINEAR)
+    return T.TrivialAugmentWide(interpolation=InterpolationMode.BILINEAR) if trivial_augment else None
 
 
 def no_object_preset(crop: int, mean, std, autocontrast: float | None = None) -> T.Compose:

@@ -67,6 +67,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--background-p", type=float, default=0.25, help="chance of a random backdrop per image")
     p.add_argument("--scale-min", type=float, default=0.35, help="smallest area share of a random resized crop")
     p.add_argument("--trivial-augment", action="store_true", help="TrivialAugmentWide after the compositing")
+    p.add_argument("--augmix", action="store_true", help="AugMix after the compositing instead (without the "
+                   "operations that overlap the suite's corruptions)")
     p.add_argument("--camera-p", type=float, default=0.0,
                    help="chance of a camera fault per picture: dim light and sensor noise, defocus, JPEG")
     p.add_argument("--camera-faults", type=lambda s: tuple(s.split(",")), default=",".join(presets.CameraFaults.KINDS),
@@ -119,7 +121,8 @@ def class_counts(samples, n_classes: int) -> torch.Tensor:
 
 def make_loaders(args, manifest: dict, spec: dict, distributed: bool):
     train_tf = presets.train_preset(spec["crop"], spec["mean"], spec["std"], args.background_p, args.scale_min,
-                                    args.trivial_augment, args.camera_p, args.camera_faults, spec.get("autocontrast"))
+                                    args.trivial_augment, args.camera_p, args.camera_faults, spec.get("autocontrast"),
+                                    args.augmix)
     eval_tf = presets.eval_preset(**spec)
     n_classes = len(manifest["classes"])
     images = data.ImageList(args.data, data.split_of(manifest, "train"), train_tf, args.feedback)
@@ -213,6 +216,7 @@ def init_distributed(args) -> tuple[bool, int]:
 def main(args) -> dict:
     if (args.mixup or args.cutmix) and args.teacher:
         raise ValueError("--mixup and --cutmix mix class indices; a --teacher's soft targets are not supported")
+    presets.augment_policy(args.trivial_augment, args.augmix)  # refuses both before any work
     distributed, rank = init_distributed(args)
     seed_everything(args.seed + rank)
     args.out.mkdir(parents=True, exist_ok=True)
